@@ -1,0 +1,1 @@
+"""The query app: mounts each domain's router, the dashboard, /healthz and /metrics."""

@@ -1,0 +1,180 @@
+"""The `clickflow` command."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from clickflow.config import get_settings
+from clickflow.domains import DOMAINS, domain_module
+from clickflow.logs import setup_logging
+
+app = typer.Typer(help="clickflow: real-time event analytics.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+
+@app.command()
+def up(demo: Annotated[bool, typer.Option(help="also run the traffic generator")] = False) -> None:
+    """Start everything: embedded Kafka, Redis, PostgreSQL, ClickHouse (chDB) and the services."""
+    from clickflow.runtime.up import up as run_up
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    run_up(settings, demo)
+
+
+@app.command()
+def serve(
+    pipelines: Annotated[bool, typer.Option(help="run the ClickHouse pipelines here")] = True,
+) -> None:
+    """Query API + dashboard (8000), gRPC (9090) and the ClickHouse pipelines, in one process.
+
+    chDB allows one process per data directory, so everything that uses the embedded
+    ClickHouse runs here; against a ClickHouse server, run pipelines with `process` instead.
+    """
+    import uvicorn
+
+    from clickflow.api.app import create_app
+    from clickflow.migrations import migrate_clickhouse
+    from clickflow.pipelines import all_pipelines, build_consumer, start_in_threads
+    from clickflow.runtime.exceptions import RuntimeStartError
+    from clickflow.runtime.ports import require_free
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    try:
+        require_free(settings.host, settings.api_port, "the query API", "CLICKFLOW_API_PORT")
+    except RuntimeStartError as e:
+        raise SystemExit(f"clickflow: {e}") from None
+    migrate_clickhouse(settings)
+    consumers = []
+    if pipelines:
+        specs = [s for s in all_pipelines().values() if s.store == "clickhouse"]
+        consumers = [build_consumer(settings, s) for s in specs]
+        start_in_threads(consumers)
+    grpc_server = None
+    grpc_mod = domain_module("telecom", "grpc_server")
+    if grpc_mod is not None and settings.postgres_url:
+        grpc_server = grpc_mod.start_server(settings)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.api_port,
+                    log_level="warning")
+    finally:
+        for c in consumers:
+            c.stop()
+        if grpc_server is not None:
+            grpc_server.stop(grace=2)
+
+
+@app.command()
+def collect() -> None:
+    """The collector: HTTP ingest on port 8001."""
+    import uvicorn
+
+    from clickflow.collector.app import create_app
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.collector_port,
+                log_level="warning")
+
+
+@app.command()
+def process(
+    names: Annotated[list[str], typer.Argument(help="pipeline names (see `clickflow pipelines`)")],
+    mode: Annotated[str, typer.Option(help="batch trigger: count, time or hybrid")] = "hybrid",
+    records: Annotated[int, typer.Option(help="N: records per batch")] = 5000,
+    seconds: Annotated[float, typer.Option(help="X: seconds per batch")] = 1.0,
+    delivery: Annotated[str, typer.Option(help="at-least-once or exactly-once")] = "exactly-once",
+    group: Annotated[str | None, typer.Option(help="consumer group id")] = None,
+) -> None:
+    """Run pipelines in this process until SIGINT/SIGTERM (then finish the batch and commit)."""
+    from clickflow.kafka.consumer import BatchTrigger, Delivery
+    from clickflow.migrations import migrate_clickhouse, migrate_postgres
+    from clickflow.pipelines import PipelineOptions, all_pipelines, build_consumer
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    specs = all_pipelines()
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise typer.BadParameter(f"unknown pipeline(s) {unknown}; known: {sorted(specs)}")
+    try:
+        opts = PipelineOptions(BatchTrigger.from_mode(mode, records, seconds), Delivery(delivery),
+                               group)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if any(specs[n].store == "clickhouse" for n in names):
+        migrate_clickhouse(settings)
+    if any(specs[n].store == "postgres" for n in names):
+        migrate_postgres(settings)
+    consumers = [build_consumer(settings, specs[n], opts) for n in names]
+
+    def _stop(_sig: int, _frame: object) -> None:
+        for c in consumers:
+            c.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if len(consumers) == 1:
+        consumers[0].run()
+        return
+    from clickflow.pipelines import start_in_threads
+
+    threads = start_in_threads(consumers)
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(timeout=0.5)
+
+
+@app.command()
+def pipelines() -> None:
+    """List the pipelines."""
+    from clickflow.pipelines import all_pipelines
+
+    for spec in all_pipelines().values():
+        topics = ",".join(t.name for t in spec.topics)
+        typer.echo(f"{spec.name}\t{spec.store}\t{topics}")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply every domain's schema (ClickHouse, and PostgreSQL when configured)."""
+    from clickflow.migrations import migrate_clickhouse, migrate_postgres
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    n = migrate_clickhouse(settings)
+    typer.echo(f"clickhouse: {n} statements applied")
+    if settings.postgres_url:
+        typer.echo(f"postgres: {migrate_postgres(settings)} schema files applied")
+
+
+def _mount_optional() -> None:
+    """Commands that live with their feature: generator, auth, bench, and per-domain apps."""
+    from importlib import import_module
+
+    for module, attr in (("clickflow.generator.cli", "register"),
+                         ("clickflow.collector.auth", "register"),
+                         ("clickflow.bench_cli", "register")):
+        try:
+            mod = import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        getattr(mod, attr)(app)
+    for domain in DOMAINS:
+        mod = domain_module(domain, "cli")
+        if mod is not None and hasattr(mod, "app"):
+            app.add_typer(mod.app, name=domain)
+
+
+_mount_optional()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
+

@@ -1,0 +1,1 @@
+"""The ingest HTTP app (port 8001)."""

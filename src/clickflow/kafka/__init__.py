@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by every domain: topics, producer, the batching consumer, DLQ."""

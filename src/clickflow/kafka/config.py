@@ -1,0 +1,44 @@
+"""librdkafka configuration built from Settings, one place for every client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clickflow.config import Settings
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "compression.type": "none",
+        "acks": "all",
+        "enable.idempotence": False,
+        "message.timeout.ms": 30000,
+        "socket.keepalive.enable": True,
+        "log_level": 3,
+    }
+    conf.update(overrides)
+    return conf
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        # Low session timeout: a group join takes about session.timeout.ms / 2 on tansu.
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
+        "heartbeat.interval.ms": max(500, settings.kafka_session_timeout_ms // 6),
+        "max.poll.interval.ms": 300000,
+        "fetch.wait.max.ms": 50,
+        "queued.min.messages": 100000,
+        "log_level": 3,
+    }
+    conf.update(overrides)
+    return conf

@@ -1,0 +1,419 @@
+"""The one batching consumer framework every pipeline runs on.
+
+A pipeline supplies a :class:`BatchHandler`; the framework does the rest:
+
+* batch triggers: by count (N records), by time (every X seconds) or hybrid (first wins);
+* dead letters returned by the handler go to ``<topic>.dlq`` (acked before the commit);
+* a failing handler (its sink is down) is retried with exponential backoff and jitter while
+  consumption is paused — nothing is dropped and the loop does not spin;
+* offsets are committed manually, only after the handler returned (at-least-once);
+* exactly-once mode adds an *intent log*: before the handler runs, the offset range of
+  each partition chunk is recorded in the sink's store. After a crash the same ranges are
+  replayed as the same chunks, so the handler's deterministic per-chunk dedup tokens
+  (``Chunk.token``) make the re-insert a no-op. The Kafka transaction abort of the embedded
+  broker does not hide records, so correctness never relies on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from clickflow.kafka.dlq import DeadLetter, publish_dead_letters
+from clickflow.kafka.producer import EventProducer
+from clickflow.logs import log_fields
+
+log = logging.getLogger("clickflow.consumer")
+
+RECORDS_IN = Counter("clickflow_consumer_records", "Records consumed", ["pipeline"])
+BATCHES = Counter("clickflow_consumer_batches", "Batches handled", ["pipeline"])
+DLQ_RECORDS = Counter("clickflow_consumer_dlq_records", "Records sent to the DLQ", ["pipeline"])
+RETRIES = Counter("clickflow_consumer_retries", "Handler retries (sink failures)", ["pipeline"])
+BATCH_SECONDS = Histogram(
+    "clickflow_consumer_batch_seconds",
+    "Time to handle and commit one batch",
+    ["pipeline"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LAST_OFFSET = Gauge(
+    "clickflow_consumer_last_offset", "Last committed offset", ["pipeline", "topic", "partition"]
+)
+SINK_DOWN = Gauge("clickflow_consumer_sink_down", "1 while the handler is failing", ["pipeline"])
+
+TP = tuple[str, int]
+
+
+class Delivery(StrEnum):
+    AT_LEAST_ONCE = "at-least-once"
+    EXACTLY_ONCE = "exactly-once"
+
+
+@dataclass(frozen=True)
+class BatchTrigger:
+    """When to hand a batch over: ``max_records`` and/or ``max_seconds`` (first one wins)."""
+
+    max_records: int | None = 1000
+    max_seconds: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_records is None and self.max_seconds is None:
+            raise ValueError("a batch trigger needs max_records, max_seconds or both")
+        if self.max_records is not None and not 1 <= self.max_records <= 1_000_000:
+            raise ValueError("max_records must be between 1 and 1,000,000")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError("max_seconds must be positive")
+
+    @classmethod
+    def from_mode(cls, mode: str, records: int = 1000, seconds: float = 1.0) -> BatchTrigger:
+        """``count`` (N records), ``time`` (every X s) or ``hybrid`` (whichever first)."""
+        if mode == "count":
+            return cls(max_records=records, max_seconds=None)
+        if mode == "time":
+            return cls(max_records=None, max_seconds=seconds)
+        if mode == "hybrid":
+            return cls(max_records=records, max_seconds=seconds)
+        raise ValueError(f"unknown batch mode {mode!r}: use count, time or hybrid")
+
+
+@dataclass(slots=True)
+class Chunk:
+    """The records of one partition in a batch: a contiguous offset range."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    messages: list[Message]
+
+    def token(self, group: str, suffix: str = "") -> str:
+        """Deterministic insert-deduplication token for this offset range."""
+        t = f"{group}:{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}"
+        return f"{t}:{suffix}" if suffix else t
+
+
+@dataclass(slots=True)
+class Batch:
+    group: str
+    chunks: list[Chunk]
+
+    def __len__(self) -> int:
+        return sum(len(c.messages) for c in self.chunks)
+
+    def messages(self) -> Iterator[Message]:
+        for c in self.chunks:
+            yield from c.messages
+
+
+class BatchHandler(Protocol):
+    """What a pipeline implements.
+
+    ``handle`` validates and writes a batch. Record-level problems (bad JSON, failed
+    validation) must come back as dead letters; raising means "the sink failed" and the whole
+    batch is retried later, so writes must be idempotent per chunk in exactly-once mode
+    (use ``chunk.token(batch.group)`` as the insert deduplication token).
+    """
+
+    def handle(self, batch: Batch) -> list[DeadLetter]: ...
+
+
+class IntentLog(Protocol):
+    """Durable record of the offset ranges about to be written (exactly-once mode)."""
+
+    def record(self, group: str, chunks: list[Chunk]) -> None: ...
+
+    def pending(self, group: str, topic: str, partition: int, from_offset: int) -> list[
+        tuple[int, int]
+    ]: ...
+
+
+@dataclass
+class ConsumerStats:
+    records: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+    commits: int = 0
+
+
+@dataclass
+class BatchConsumer:
+    """Consume ``topics`` as group ``group`` and hand batches to ``handler``.
+
+    ``consumer_conf`` is a librdkafka config (see :func:`clickflow.kafka.config.consumer_config`);
+    ``dlq_producer`` sends dead letters. Run with :meth:`run` (blocking) and stop with
+    :meth:`stop` from any thread or a signal handler.
+    """
+
+    name: str
+    topics: list[str]
+    handler: BatchHandler
+    consumer_conf: dict
+    dlq_producer: EventProducer
+    trigger: BatchTrigger = field(default_factory=BatchTrigger)
+    delivery: Delivery = Delivery.AT_LEAST_ONCE
+    intent_log: IntentLog | None = None
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    fetch_size: int = 10000
+    stats: ConsumerStats = field(default_factory=ConsumerStats)
+
+    def __post_init__(self) -> None:
+        if self.delivery is Delivery.EXACTLY_ONCE and self.intent_log is None:
+            raise ValueError("exactly-once delivery needs an intent log")
+        self._stop = threading.Event()
+        self._buffer: list[Message] = []
+        self._held: list[Message] = []
+        self._plans: dict[TP, deque[tuple[int, int]]] = {}
+        self._revoked: set[TP] = set()
+        self._assigned: set[TP] = set()
+        self.group = self.consumer_conf["group.id"]
+        self.ready = threading.Event()  # set once partitions are assigned
+        self._consumer: Consumer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> ConsumerStats:
+        consumer = Consumer(self.consumer_conf)
+        self._consumer = consumer
+        consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)
+        log.info("consumer started", extra=log_fields(pipeline=self.name, topics=self.topics,
+                                                      delivery=str(self.delivery)))
+        try:
+            self._loop(consumer)
+        finally:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError):
+                pass
+            log.info("consumer stopped", extra=log_fields(pipeline=self.name,
+                                                          records=self.stats.records))
+        return self.stats
+
+    # -- rebalance ---------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self._assigned |= tps
+        self._revoked -= tps
+        if self.delivery is Delivery.EXACTLY_ONCE and self.intent_log is not None:
+            committed = consumer.committed(partitions, timeout=10)
+            for tp in committed:
+                start = tp.offset if tp.offset >= 0 else 0
+                plan = self.intent_log.pending(self.group, tp.topic, tp.partition, start)
+                if plan:
+                    self._plans[(tp.topic, tp.partition)] = deque(plan)
+                    log.info("replaying recorded chunks", extra=log_fields(
+                        pipeline=self.name, topic=tp.topic, partition=tp.partition,
+                        chunks=len(plan)))
+        self.ready.set()
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self._assigned -= tps
+        self._revoked |= tps
+        for tp in tps:
+            self._plans.pop(tp, None)
+        # Uncommitted records of revoked partitions are re-read by their next owner.
+        self._buffer = [m for m in self._buffer if (m.topic(), m.partition()) not in tps]
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in tps]
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    def _loop(self, consumer: Consumer) -> None:
+        max_records = self.trigger.max_records
+        max_seconds = self.trigger.max_seconds
+        last_flush = time.monotonic()
+        new_since_flush = 0
+        while not self._stop.is_set():
+            timeout = 0.1
+            if max_seconds is not None:
+                timeout = max(0.0, min(timeout, last_flush + max_seconds - time.monotonic()))
+            want = self.fetch_size
+            if max_records is not None:
+                want = max(1, min(want, max_records - len(self._buffer)))
+            msgs = consumer.consume(num_messages=want, timeout=timeout)
+            if msgs:
+                added = self._accept(msgs)
+                new_since_flush += added
+            now = time.monotonic()
+            due = (max_records is not None and len(self._buffer) >= max_records) or (
+                max_seconds is not None and now - last_flush >= max_seconds
+            )
+            if due:
+                if new_since_flush or self._held:
+                    self._flush(consumer)
+                new_since_flush = 0
+                last_flush = time.monotonic()
+        # Shutdown: finish what is buffered if the sink takes it; otherwise it stays uncommitted
+        # and is re-delivered after restart.
+        if self._buffer or self._held:
+            self._flush(consumer, give_up_on_failure=True)
+
+    def _accept(self, msgs: list[Message]) -> int:
+        n = 0
+        buf = self._buffer
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                buf.append(m)
+                n += 1
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume error", extra=log_fields(pipeline=self.name, error=str(err)))
+        if n:
+            RECORDS_IN.labels(self.name).inc(n)
+            self.stats.records += n
+        return n
+
+    def _make_chunks(self) -> list[Chunk]:
+        msgs = self._held + self._buffer
+        self._held = []
+        self._buffer = []
+        by_tp: dict[TP, list[Message]] = {}
+        for m in msgs:
+            key = (m.topic(), m.partition())
+            lst = by_tp.get(key)
+            if lst is None:
+                by_tp[key] = [m]
+            else:
+                lst.append(m)
+        chunks: list[Chunk] = []
+        for (topic, partition), lst in by_tp.items():
+            plan = self._plans.get((topic, partition))
+            i = 0
+            if plan:
+                while plan and i < len(lst):
+                    first, last = plan[0]
+                    j = i
+                    while j < len(lst) and lst[j].offset() <= last:
+                        j += 1
+                    if j == len(lst) and lst[-1].offset() < last:
+                        break  # this recorded chunk is not complete yet: hold it back
+                    chunks.append(Chunk(topic, partition, first, last, lst[i:j]))
+                    plan.popleft()
+                    i = j
+                if plan:
+                    self._held.extend(lst[i:])
+                    continue
+                self._plans.pop((topic, partition), None)
+            if i < len(lst):
+                rest = lst[i:]
+                chunks.append(Chunk(topic, partition, rest[0].offset(), rest[-1].offset(), rest))
+        return chunks
+
+    def _flush(self, consumer: Consumer, give_up_on_failure: bool = False) -> None:
+        chunks = self._make_chunks()
+        if not chunks:
+            return
+        started = time.monotonic()
+        batch = Batch(self.group, chunks)
+        self._revoked.clear()
+        if self.delivery is Delivery.EXACTLY_ONCE:
+            assert self.intent_log is not None
+            if not self._retrying(consumer, lambda: self.intent_log.record(self.group, chunks),
+                                  give_up_on_failure):
+                return
+        letters: list[DeadLetter] = []
+
+        def attempt() -> None:
+            nonlocal letters
+            letters = self.handler.handle(batch)
+            publish_dead_letters(self.dlq_producer, letters, self.name)
+
+        if not self._retrying(consumer, attempt, give_up_on_failure):
+            return
+        self._commit(consumer, chunks)
+        n = len(batch)
+        self.stats.batches += 1
+        self.stats.dead_letters += len(letters)
+        BATCHES.labels(self.name).inc()
+        if letters:
+            DLQ_RECORDS.labels(self.name).inc(len(letters))
+        BATCH_SECONDS.labels(self.name).observe(time.monotonic() - started)
+        log.debug("batch", extra=log_fields(pipeline=self.name, records=n, dlq=len(letters)))
+
+    def _retrying(self, consumer: Consumer, fn, give_up_on_failure: bool) -> bool:
+        """Run ``fn`` until it succeeds, pausing consumption between attempts.
+
+        Returns False when it gave up (shutdown requested): the batch stays uncommitted."""
+        delay = self.backoff_initial
+        paused: list[KafkaTopicPartition] = []
+        try:
+            while True:
+                try:
+                    fn()
+                    return True
+                except Exception as e:  # the sink is down: back off, never drop
+                    self.stats.retries += 1
+                    RETRIES.labels(self.name).inc()
+                    SINK_DOWN.labels(self.name).set(1)
+                    log.warning("handler failed; retrying", extra=log_fields(
+                        pipeline=self.name, error=f"{type(e).__name__}: {e}"[:500],
+                        retry_in_s=round(delay, 2)))
+                    if give_up_on_failure or self._stop.is_set():
+                        return False
+                    if not paused:
+                        paused = consumer.assignment()
+                        if paused:
+                            consumer.pause(paused)
+                    self._sleep_polling(consumer, delay * random.uniform(0.5, 1.0))
+                    delay = min(self.backoff_max, delay * 2)
+        finally:
+            SINK_DOWN.labels(self.name).set(0)
+            if paused:
+                try:
+                    consumer.resume([p for p in paused
+                                     if (p.topic, p.partition) in self._assigned])
+                except KafkaException:
+                    pass
+
+    def _sleep_polling(self, consumer: Consumer, seconds: float) -> None:
+        """Sleep while keeping group membership alive (paused: no records are fetched)."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            msgs = consumer.consume(num_messages=1000, timeout=min(0.1, seconds))
+            if msgs:  # fetched before the pause took effect: keep for the next batch
+                self._accept(msgs)
+
+    def _commit(self, consumer: Consumer, chunks: list[Chunk]) -> None:
+        offsets = [
+            KafkaTopicPartition(c.topic, c.partition, c.last_offset + 1)
+            for c in chunks
+            if (c.topic, c.partition) not in self._revoked
+        ]
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            self.stats.commits += 1
+        except KafkaException as e:
+            # A rebalance took the partition: its next owner re-reads (dedup covers it).
+            log.warning("commit failed", extra=log_fields(pipeline=self.name, error=str(e)))
+            return
+        for tp in offsets:
+            LAST_OFFSET.labels(self.name, tp.topic, str(tp.partition)).set(tp.offset - 1)
+
+
+def committed_offsets(consumer: Consumer, partitions: list[KafkaTopicPartition]) -> dict[TP, int]:
+    out = {}
+    for tp in consumer.committed(partitions, timeout=10):
+        out[(tp.topic, tp.partition)] = tp.offset if tp.offset != OFFSET_INVALID else -1
+    return out

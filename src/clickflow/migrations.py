@@ -1,0 +1,43 @@
+"""The migration runner: applies each domain's idempotent SQL files at start-up."""
+
+from __future__ import annotations
+
+import logging
+
+from clickflow.config import Settings
+from clickflow.domains import DOMAINS, domain_sql
+from clickflow.logs import log_fields
+
+log = logging.getLogger("clickflow.migrations")
+
+
+def migrate_clickhouse(settings: Settings, domains: list[str] | None = None,
+                       database: str | None = None) -> int:
+    from clickflow.stores import clickhouse
+
+    client = clickhouse.clickhouse_client(settings, database)
+    client.command(clickhouse.INTENTS_SQL)
+    total = 0
+    for domain in domains or DOMAINS:
+        sql = domain_sql(domain, "schema.sql")
+        if sql:
+            n = clickhouse.apply_schema(client, sql)
+            total += n
+            log.info("clickhouse schema applied", extra=log_fields(domain=domain, statements=n))
+    return total
+
+
+def migrate_postgres(settings: Settings, domains: list[str] | None = None) -> int:
+    from clickflow.stores import postgres
+
+    applied = 0
+    for domain in domains or DOMAINS:
+        sql = domain_sql(domain, "schema_postgres.sql")
+        if sql:
+            import psycopg
+
+            with psycopg.connect(postgres.postgres_url(settings), autocommit=True) as conn:
+                conn.execute(sql)  # type: ignore[arg-type]  # trusted file from the package
+            applied += 1
+            log.info("postgres schema applied", extra=log_fields(domain=domain))
+    return applied

@@ -1,0 +1,1 @@
+"""Starting the embedded servers and supervising the services (`clickflow up`)."""

@@ -1,0 +1,121 @@
+"""Start, watch and stop child processes: what `clickflow up` is made of.
+
+Children run in their own process groups; on Ctrl-C/SIGTERM each group gets SIGTERM, then
+SIGKILL after a grace period, so nothing is left behind. A child that dies is restarted with
+backoff (a crashed consumer must come back: it resumes from its committed offsets).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clickflow.logs import log_fields
+
+log = logging.getLogger("clickflow.supervisor")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    restart: bool = True
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+
+
+@dataclass
+class Supervisor:
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+    externals: list[tuple[str, subprocess.Popen, int]] = field(default_factory=list)
+    stopping: bool = False
+
+    def adopt(self, name: str, proc: subprocess.Popen, stop_signal: int = signal.SIGTERM) -> None:
+        """Track an already started process (embedded servers) so it is stopped with us.
+
+        Embedded servers are stopped last, after the services that use them."""
+        self.externals.append((name, proc, stop_signal))
+
+    def spawn(self, child: Child) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_dir / f"{child.name}.log", "ab")
+        env = {**os.environ, **child.env}
+        child.proc = subprocess.Popen(
+            child.argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.info("started", extra=log_fields(service=child.name, pid=child.proc.pid))
+
+    def add(self, child: Child) -> None:
+        self.children.append(child)
+        self.spawn(child)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc is None or child.proc.poll() is None:
+                if child.proc is None and now >= child.next_start:
+                    self.spawn(child)
+                continue
+            code = child.proc.returncode
+            child.proc = None
+            if not child.restart or self.stopping:
+                continue
+            child.restarts += 1
+            delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6))
+            child.next_start = now + delay
+            log.warning(
+                "child exited; restarting",
+                extra=log_fields(service=child.name, code=code, restart_in_s=delay),
+            )
+        for name, proc, _sig in self.externals:
+            if proc.poll() is not None and not self.stopping:
+                raise SystemExit(f"clickflow: embedded {name} exited (code {proc.returncode})")
+
+    def run_forever(self) -> None:
+        def _stop(signum: int, _frame: object) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            while True:
+                self.check()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def stop(self, grace: float = 10.0) -> None:
+        self.stopping = True
+        services = [(c.name, c.proc, signal.SIGTERM) for c in reversed(self.children) if c.proc]
+        self._stop_all(services, grace)
+        self._stop_all(list(reversed(self.externals)), grace)
+        print("clickflow: all services stopped", file=sys.stderr)
+
+    def _stop_all(self, procs: list[tuple[str, subprocess.Popen, int]], grace: float) -> None:
+        for _name, proc, sig in procs:
+            _signal_group(proc, sig)
+        deadline = time.monotonic() + grace
+        for name, proc, _sig in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("killing", extra=log_fields(service=name))
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass

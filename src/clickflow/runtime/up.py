@@ -1,0 +1,114 @@
+"""`clickflow up`: embedded servers + every service, supervised, stopped cleanly on Ctrl-C.
+
+This is the only place that decides "embedded or not": a store URL left unset means start
+the embedded server here and hand its concrete URL to the children through the environment.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import httpx
+from rich.console import Console
+
+from clickflow.config import Settings
+from clickflow.domains import DOMAINS, domain_module
+from clickflow.runtime.broker import start_broker
+from clickflow.runtime.exceptions import RuntimeStartError
+from clickflow.runtime.ports import require_free
+from clickflow.runtime.postgres_server import start_postgres
+from clickflow.runtime.redis_server import start_redis
+from clickflow.runtime.supervisor import Child, Supervisor
+
+console = Console(stderr=True)
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "clickflow", *args]
+
+
+def check_ports(settings: Settings, demo: bool, embedded_kafka: bool) -> None:
+    h = settings.host
+    if embedded_kafka:
+        port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+        require_free(h, port, "the embedded Kafka broker", "CLICKFLOW_KAFKA_BOOTSTRAP")
+    require_free(h, settings.api_port, "the query API", "CLICKFLOW_API_PORT")
+    require_free(h, settings.collector_port, "the collector", "CLICKFLOW_COLLECTOR_PORT")
+    require_free(h, settings.auth_port, "the auth service", "CLICKFLOW_AUTH_PORT")
+    require_free(h, settings.grpc_port, "the gRPC service", "CLICKFLOW_GRPC_PORT")
+    if demo:
+        require_free(h, settings.generator_port, "the generator", "CLICKFLOW_GENERATOR_PORT")
+
+
+def up(settings: Settings, demo: bool) -> None:
+    embedded_kafka = "kafka_bootstrap" not in settings.model_fields_set
+    check_ports(settings, demo, embedded_kafka)
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    sup = Supervisor(log_dir=data / "logs")
+    env = {"CLICKFLOW_DATA_DIR": str(data)}
+    try:
+        with console.status("starting embedded servers..."):
+            if embedded_kafka:
+                host, port = settings.kafka_bootstrap.rsplit(":", 1)
+                sup.adopt("kafka", start_broker(host, int(port), data / "logs"))
+                console.print(f"[green]✓[/] Kafka (tansu, in memory) on {settings.kafka_bootstrap}")
+            env["CLICKFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+            if not settings.redis_url:
+                proc, url = start_redis(data / "redis")
+                sup.adopt("redis", proc)
+                env["CLICKFLOW_REDIS_URL"] = url
+                console.print(f"[green]✓[/] Redis (embedded) at {url}")
+            if not settings.postgres_url:
+                proc, url = start_postgres(data / "postgres" / "data")
+                sup.adopt("postgres", proc, stop_signal=signal.SIGINT)
+                env["CLICKFLOW_POSTGRES_URL"] = url
+                console.print(f"[green]✓[/] PostgreSQL (embedded) at {url}")
+            console.print(f"[green]✓[/] ClickHouse at {settings.clickhouse_url}")
+        if not settings.auth_url:
+            env["CLICKFLOW_AUTH_URL"] = f"http://{settings.host}:{settings.auth_port}"
+        sup.add(Child("serve", _cmd("serve"), env))
+        sup.add(Child("collector", _cmd("collect"), env))
+        sup.add(Child("auth", _cmd("auth"), env))
+        for domain in DOMAINS:
+            mod = domain_module(domain, "pipeline")
+            for spec in getattr(mod, "PIPELINES", []) if mod else []:
+                if spec.store == "postgres":
+                    sup.add(Child(f"process-{spec.name}", _cmd("process", spec.name), env))
+        if demo:
+            sup.add(Child("generator", _cmd("generate", "--demo", "--quiet"), env))
+        _wait_ready(settings, sup)
+    except RuntimeStartError as e:
+        sup.stop(grace=5)
+        raise SystemExit(f"clickflow: {e}") from None
+    except BaseException:
+        sup.stop(grace=5)
+        raise
+    sup.run_forever()
+
+
+def _wait_ready(settings: Settings, sup: Supervisor, timeout: float = 60.0) -> None:
+    urls = {
+        "query API + dashboard": f"http://{settings.host}:{settings.api_port}",
+        "collector": f"http://{settings.host}:{settings.collector_port}",
+    }
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for services to answer /healthz..."):
+        for name, url in urls.items():
+            while True:
+                sup.check()
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeStartError(
+                        f"{name} did not become healthy within {timeout:.0f}s: "
+                        f"see {sup.log_dir}/"
+                    )
+                time.sleep(0.3)
+            console.print(f"[green]✓[/] {name}: {url}  (docs: {url}/docs)")
+    console.print(f"[bold]clickflow is up.[/] Logs in {sup.log_dir}. Ctrl-C stops everything.")

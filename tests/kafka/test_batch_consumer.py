@@ -1,0 +1,234 @@
+"""The consumer framework against the real broker: triggers, retries, DLQ, shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import pytest
+from confluent_kafka import Consumer
+
+from clickflow.config import Settings
+from clickflow.kafka.config import consumer_config, producer_config
+from clickflow.kafka.consumer import Batch, BatchConsumer, BatchTrigger, Chunk, Delivery
+from clickflow.kafka.dlq import DeadLetter
+from clickflow.kafka.producer import EventProducer
+from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
+
+
+class MemorySink:
+    """A handler writing to a list; can be made to fail like a sink that is down."""
+
+    def __init__(self, fail_times: int = 0, delay: float = 0.0) -> None:
+        self.rows: list[int] = []
+        self.batches: list[int] = []
+        self.fail_times = fail_times
+        self.calls = 0
+        self.delay = delay
+        self.tokens: set[str] = set()
+        self.in_handle = threading.Event()
+
+    def handle(self, batch: Batch) -> list[DeadLetter]:
+        self.calls += 1
+        self.in_handle.set()
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise ConnectionError("sink is down")
+        letters, good = [], []
+        for m in batch.messages():
+            try:
+                good.append(orjson.loads(m.value())["n"])
+            except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+                letters.append(DeadLetter(m, f"invalid record: {e}"))
+        self.rows.extend(good)
+        self.batches.append(len(batch))
+        return letters
+
+
+def produce(settings: Settings, topic: str, values: list[bytes], key_fn=None) -> None:
+    p = EventProducer(producer_config(settings))
+    for i, v in enumerate(values):
+        p.send(topic, v, key=key_fn(i) if key_fn else str(i).encode())
+    assert p.flush(15) == 0
+
+
+def make_consumer(settings: Settings, topic: str, handler, trigger: BatchTrigger,
+                  group: str | None = None, **kw) -> BatchConsumer:
+    ensure_topics(settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)])
+    return BatchConsumer(
+        name=f"test-{topic}",
+        topics=[topic],
+        handler=handler,
+        consumer_conf=consumer_config(settings, group or f"g-{topic}"),
+        dlq_producer=EventProducer(producer_config(settings, **{"linger.ms": 1})),
+        trigger=trigger,
+        backoff_initial=0.05,
+        backoff_max=0.5,
+        **kw,
+    )
+
+
+def run_until(consumer: BatchConsumer, cond, timeout: float = 30.0) -> None:
+    t = threading.Thread(target=consumer.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    consumer.stop()
+    t.join(timeout=20)
+    assert not t.is_alive(), "consumer did not stop"
+    assert cond(), "condition not reached before the timeout"
+
+
+def records(n: int, start: int = 0) -> list[bytes]:
+    return [orjson.dumps({"n": i, "pad": "x" * 50}) for i in range(start, start + n)]
+
+
+def read_all(settings: Settings, topic: str, expect: int, timeout: float = 20.0) -> list:
+    c = Consumer(consumer_config(settings, f"reader-{topic}-{time.time()}"))
+    c.subscribe([topic])
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expect and time.monotonic() < deadline:
+        out += [m for m in c.consume(100, 0.5) if m.error() is None]
+    c.close()
+    return out
+
+
+def test_count_trigger_hands_over_full_batches(settings: Settings, topic: str) -> None:
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=100, max_seconds=None))
+    produce(settings, topic, records(1000))
+    run_until(consumer, lambda: len(sink.rows) >= 1000)
+    assert sorted(sink.rows) == list(range(1000))
+    assert all(n == 100 for n in sink.batches), sink.batches
+
+
+def test_time_trigger_flushes_a_trickle(settings: Settings, topic: str) -> None:
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=None, max_seconds=0.5))
+    produce(settings, topic, records(7))
+    run_until(consumer, lambda: len(sink.rows) >= 7)
+    assert sorted(sink.rows) == list(range(7))
+
+
+def test_hybrid_trigger_takes_whichever_comes_first(settings: Settings, topic: str) -> None:
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=300, max_seconds=0.5))
+    produce(settings, topic, records(1000))
+    run_until(consumer, lambda: len(sink.rows) >= 1000)
+    # Full batches never exceed N; the tail under N is flushed by the timer.
+    assert max(sink.batches) <= 300
+    assert sorted(sink.rows) == list(range(1000))
+    # A trickle under N is still flushed by the timer.
+    produce(settings, topic, records(5, start=1000))
+    consumer2 = make_consumer(settings, topic, sink, BatchTrigger(max_records=300, max_seconds=0.5))
+    run_until(consumer2, lambda: len(sink.rows) >= 1005)
+    assert sorted(sink.rows) == list(range(1005))
+
+
+def test_handler_failure_then_recovery_loses_and_duplicates_nothing(
+    settings: Settings, topic: str
+) -> None:
+    sink = MemorySink(fail_times=4)
+    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=250, max_seconds=0.3))
+    produce(settings, topic, records(2000))
+    run_until(consumer, lambda: len(sink.rows) >= 2000)
+    assert consumer.stats.retries == 4
+    assert sorted(sink.rows) == list(range(2000))  # each exactly once
+    # Offsets were committed after the writes: a new consumer in the group gets nothing.
+    sink2 = MemorySink()
+    again = make_consumer(settings, topic, sink2, BatchTrigger(max_records=10, max_seconds=0.3),
+                          group=f"g-{topic}")
+    run_until(again, lambda: again.ready.is_set() and time.sleep(1.5) is None)
+    assert sink2.rows == []
+
+
+def test_poison_record_goes_to_dlq_and_does_not_stop_the_partition(
+    settings: Settings, topic: str
+) -> None:
+    values = records(300)
+    values[10] = b"{not json"
+    values[200] = b'{"no_n": 1}'
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=50, max_seconds=0.3))
+    produce(settings, topic, values, key_fn=lambda i: b"same-key")  # one partition
+    run_until(consumer, lambda: len(sink.rows) >= 298)
+    assert sorted(sink.rows) == [i for i in range(300) if i not in (10, 200)]
+    dead = read_all(settings, dlq_topic(topic), 2)
+    assert sorted(m.value() for m in dead) == sorted([b"{not json", b'{"no_n": 1}'])
+    headers = dict(dead[0].headers())
+    assert b"invalid record" in headers["dlq.reason"]
+    assert headers["dlq.topic"] == topic.encode()
+    assert int(headers["dlq.offset"]) in (10, 200)
+
+
+def test_shutdown_mid_batch_redelivers_it_after_restart(settings: Settings, topic: str) -> None:
+    # The sink is down when shutdown comes: the batch is abandoned uncommitted...
+    sink = MemorySink(fail_times=10**6)
+    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=100, max_seconds=0.3))
+    produce(settings, topic, records(100))
+    run_until(consumer, lambda: sink.calls >= 2)
+    assert sink.rows == []
+    # ...and a restarted consumer of the same group gets it again, whole.
+    sink2 = MemorySink()
+    again = make_consumer(settings, topic, sink2, BatchTrigger(max_records=100, max_seconds=0.3),
+                          group=f"g-{topic}")
+    run_until(again, lambda: len(sink2.rows) >= 100)
+    assert sorted(sink2.rows) == list(range(100))
+
+
+class MemoryIntentLog:
+    def __init__(self) -> None:
+        self.ranges: list[tuple[str, str, int, int, int]] = []
+
+    def record(self, group: str, chunks: list[Chunk]) -> None:
+        self.ranges += [(group, c.topic, c.partition, c.first_offset, c.last_offset)
+                        for c in chunks]
+
+    def pending(self, group, topic, partition, from_offset):
+        return sorted({(a, b) for g, t, p, a, b in self.ranges
+                       if (g, t, p) == (group, topic, partition) and b >= from_offset})
+
+
+class TokenSink(MemorySink):
+    """Idempotent per chunk token, like a ClickHouse insert with a deduplication token."""
+
+    def __init__(self, crash_after_write: int) -> None:
+        super().__init__()
+        self.crash_after_write = crash_after_write
+        self.written: list[int] = []
+
+    def handle(self, batch: Batch) -> list[DeadLetter]:
+        for c in batch.chunks:
+            tok = c.token(batch.group)
+            if tok in self.tokens:
+                continue
+            self.tokens.add(tok)
+            self.written += [orjson.loads(m.value())["n"] for m in c.messages]
+        if self.crash_after_write > 0:
+            self.crash_after_write -= 1
+            if self.crash_after_write == 0:
+                raise SystemExit  # simulated crash: written, not committed
+        return []
+
+
+def test_exactly_once_replays_the_same_chunks_after_a_crash(settings: Settings, topic: str) -> None:
+    intents = MemoryIntentLog()
+    sink = TokenSink(crash_after_write=3)
+    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=70, max_seconds=0.2),
+                             delivery=Delivery.EXACTLY_ONCE, intent_log=intents)
+    produce(settings, topic, records(1000))
+    t = threading.Thread(target=lambda: pytest.raises(SystemExit, consumer.run), daemon=True)
+    t.start()
+    t.join(30)
+    assert len(sink.written) > 0
+    # Restart with a different batch size: recorded chunks are still replayed as they were.
+    sink.crash_after_write = 0
+    again = make_consumer(settings, topic, sink, BatchTrigger(max_records=333, max_seconds=0.2),
+                          group=f"g-{topic}", delivery=Delivery.EXACTLY_ONCE, intent_log=intents)
+    run_until(again, lambda: len(sink.written) >= 1000)
+    assert sorted(sink.written) == list(range(1000))
