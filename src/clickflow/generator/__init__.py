@@ -1,0 +1,1 @@
+"""The traffic engine shared by all domains (`clickflow generate`)."""
