@@ -12,8 +12,11 @@ from clickflow.config import get_settings
 from clickflow.domains import DOMAINS, domain_module
 from clickflow.logs import setup_logging
 
-app = typer.Typer(help="clickflow: real-time event analytics.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="clickflow: real-time event analytics.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 
 @app.command()
@@ -60,8 +63,9 @@ def serve(
     if grpc_mod is not None and settings.postgres_url:
         grpc_server = grpc_mod.start_server(settings)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.api_port,
-                    log_level="warning")
+        uvicorn.run(
+            create_app(settings), host=settings.host, port=settings.api_port, log_level="warning"
+        )
     finally:
         for c in consumers:
             c.stop()
@@ -78,8 +82,9 @@ def collect() -> None:
 
     settings = get_settings()
     setup_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.collector_port,
-                log_level="warning")
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.collector_port, log_level="warning"
+    )
 
 
 @app.command()
@@ -88,7 +93,9 @@ def process(
     mode: Annotated[str, typer.Option(help="batch trigger: count, time or hybrid")] = "hybrid",
     records: Annotated[int, typer.Option(help="N: records per batch")] = 5000,
     seconds: Annotated[float, typer.Option(help="X: seconds per batch")] = 1.0,
-    delivery: Annotated[str, typer.Option(help="at-least-once or exactly-once")] = "exactly-once",
+    delivery: Annotated[
+        str | None, typer.Option(help="at-least-once or exactly-once (default: the pipeline's)")
+    ] = None,
     group: Annotated[str | None, typer.Option(help="consumer group id")] = None,
 ) -> None:
     """Run pipelines in this process until SIGINT/SIGTERM (then finish the batch and commit)."""
@@ -102,16 +109,19 @@ def process(
     unknown = [n for n in names if n not in specs]
     if unknown:
         raise typer.BadParameter(f"unknown pipeline(s) {unknown}; known: {sorted(specs)}")
-    try:
-        opts = PipelineOptions(BatchTrigger.from_mode(mode, records, seconds), Delivery(delivery),
-                               group)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+
+    def options(name: str) -> PipelineOptions:
+        try:
+            chosen = Delivery(delivery) if delivery else specs[name].default_options.delivery
+            return PipelineOptions(BatchTrigger.from_mode(mode, records, seconds), chosen, group)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+
     if any(specs[n].store == "clickhouse" for n in names):
         migrate_clickhouse(settings)
     if any(specs[n].store == "postgres" for n in names):
         migrate_postgres(settings)
-    consumers = [build_consumer(settings, specs[n], opts) for n in names]
+    consumers = [build_consumer(settings, specs[n], options(n)) for n in names]
 
     def _stop(_sig: int, _frame: object) -> None:
         for c in consumers:
@@ -157,9 +167,11 @@ def _mount_optional() -> None:
     """Commands that live with their feature: generator, auth, bench, and per-domain apps."""
     from importlib import import_module
 
-    for module, attr in (("clickflow.generator.cli", "register"),
-                         ("clickflow.collector.auth", "register"),
-                         ("clickflow.bench_cli", "register")):
+    for module, attr in (
+        ("clickflow.generator.cli", "register"),
+        ("clickflow.collector.auth", "register"),
+        ("clickflow.bench_cli", "register"),
+    ):
         try:
             mod = import_module(module)
         except ModuleNotFoundError as e:
@@ -177,4 +189,3 @@ _mount_optional()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
-

@@ -11,8 +11,9 @@ from clickflow.logs import log_fields
 log = logging.getLogger("clickflow.migrations")
 
 
-def migrate_clickhouse(settings: Settings, domains: list[str] | None = None,
-                       database: str | None = None) -> int:
+def migrate_clickhouse(
+    settings: Settings, domains: list[str] | None = None, database: str | None = None
+) -> int:
     from clickflow.stores import clickhouse
 
     client = clickhouse.clickhouse_client(settings, database)

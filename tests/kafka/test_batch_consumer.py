@@ -55,8 +55,9 @@ def produce(settings: Settings, topic: str, values: list[bytes], key_fn=None) ->
     assert p.flush(15) == 0
 
 
-def make_consumer(settings: Settings, topic: str, handler, trigger: BatchTrigger,
-                  group: str | None = None, **kw) -> BatchConsumer:
+def make_consumer(
+    settings: Settings, topic: str, handler, trigger: BatchTrigger, group: str | None = None, **kw
+) -> BatchConsumer:
     ensure_topics(settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)])
     return BatchConsumer(
         name=f"test-{topic}",
@@ -141,8 +142,9 @@ def test_handler_failure_then_recovery_loses_and_duplicates_nothing(
     assert sorted(sink.rows) == list(range(2000))  # each exactly once
     # Offsets were committed after the writes: a new consumer in the group gets nothing.
     sink2 = MemorySink()
-    again = make_consumer(settings, topic, sink2, BatchTrigger(max_records=10, max_seconds=0.3),
-                          group=f"g-{topic}")
+    again = make_consumer(
+        settings, topic, sink2, BatchTrigger(max_records=10, max_seconds=0.3), group=f"g-{topic}"
+    )
     run_until(again, lambda: again.ready.is_set() and time.sleep(1.5) is None)
     assert sink2.rows == []
 
@@ -175,8 +177,9 @@ def test_shutdown_mid_batch_redelivers_it_after_restart(settings: Settings, topi
     assert sink.rows == []
     # ...and a restarted consumer of the same group gets it again, whole.
     sink2 = MemorySink()
-    again = make_consumer(settings, topic, sink2, BatchTrigger(max_records=100, max_seconds=0.3),
-                          group=f"g-{topic}")
+    again = make_consumer(
+        settings, topic, sink2, BatchTrigger(max_records=100, max_seconds=0.3), group=f"g-{topic}"
+    )
     run_until(again, lambda: len(sink2.rows) >= 100)
     assert sorted(sink2.rows) == list(range(100))
 
@@ -186,12 +189,18 @@ class MemoryIntentLog:
         self.ranges: list[tuple[str, str, int, int, int]] = []
 
     def record(self, group: str, chunks: list[Chunk]) -> None:
-        self.ranges += [(group, c.topic, c.partition, c.first_offset, c.last_offset)
-                        for c in chunks]
+        self.ranges += [
+            (group, c.topic, c.partition, c.first_offset, c.last_offset) for c in chunks
+        ]
 
     def pending(self, group, topic, partition, from_offset):
-        return sorted({(a, b) for g, t, p, a, b in self.ranges
-                       if (g, t, p) == (group, topic, partition) and b >= from_offset})
+        return sorted(
+            {
+                (a, b)
+                for g, t, p, a, b in self.ranges
+                if (g, t, p) == (group, topic, partition) and b >= from_offset
+            }
+        )
 
 
 class TokenSink(MemorySink):
@@ -219,8 +228,14 @@ class TokenSink(MemorySink):
 def test_exactly_once_replays_the_same_chunks_after_a_crash(settings: Settings, topic: str) -> None:
     intents = MemoryIntentLog()
     sink = TokenSink(crash_after_write=3)
-    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=70, max_seconds=0.2),
-                             delivery=Delivery.EXACTLY_ONCE, intent_log=intents)
+    consumer = make_consumer(
+        settings,
+        topic,
+        sink,
+        BatchTrigger(max_records=70, max_seconds=0.2),
+        delivery=Delivery.EXACTLY_ONCE,
+        intent_log=intents,
+    )
     produce(settings, topic, records(1000))
     t = threading.Thread(target=lambda: pytest.raises(SystemExit, consumer.run), daemon=True)
     t.start()
@@ -228,7 +243,14 @@ def test_exactly_once_replays_the_same_chunks_after_a_crash(settings: Settings, 
     assert len(sink.written) > 0
     # Restart with a different batch size: recorded chunks are still replayed as they were.
     sink.crash_after_write = 0
-    again = make_consumer(settings, topic, sink, BatchTrigger(max_records=333, max_seconds=0.2),
-                          group=f"g-{topic}", delivery=Delivery.EXACTLY_ONCE, intent_log=intents)
+    again = make_consumer(
+        settings,
+        topic,
+        sink,
+        BatchTrigger(max_records=333, max_seconds=0.2),
+        group=f"g-{topic}",
+        delivery=Delivery.EXACTLY_ONCE,
+        intent_log=intents,
+    )
     run_until(again, lambda: len(sink.written) >= 1000)
     assert sorted(sink.written) == list(range(1000))

@@ -132,9 +132,9 @@ class IntentLog(Protocol):
 
     def record(self, group: str, chunks: list[Chunk]) -> None: ...
 
-    def pending(self, group: str, topic: str, partition: int, from_offset: int) -> list[
-        tuple[int, int]
-    ]: ...
+    def pending(
+        self, group: str, topic: str, partition: int, from_offset: int
+    ) -> list[tuple[int, int]]: ...
 
 
 @dataclass
@@ -193,10 +193,16 @@ class BatchConsumer:
     def run(self) -> ConsumerStats:
         consumer = Consumer(self.consumer_conf)
         self._consumer = consumer
-        consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_revoke)
-        log.info("consumer started", extra=log_fields(pipeline=self.name, topics=self.topics,
-                                                      delivery=str(self.delivery)))
+        consumer.subscribe(
+            self.topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        log.info(
+            "consumer started",
+            extra=log_fields(pipeline=self.name, topics=self.topics, delivery=str(self.delivery)),
+        )
         try:
             self._loop(consumer)
         finally:
@@ -204,8 +210,9 @@ class BatchConsumer:
                 consumer.close()
             except (KafkaException, RuntimeError):
                 pass
-            log.info("consumer stopped", extra=log_fields(pipeline=self.name,
-                                                          records=self.stats.records))
+            log.info(
+                "consumer stopped", extra=log_fields(pipeline=self.name, records=self.stats.records)
+            )
         return self.stats
 
     # -- rebalance ---------------------------------------------------------------------------
@@ -221,9 +228,15 @@ class BatchConsumer:
                 plan = self.intent_log.pending(self.group, tp.topic, tp.partition, start)
                 if plan:
                     self._plans[(tp.topic, tp.partition)] = deque(plan)
-                    log.info("replaying recorded chunks", extra=log_fields(
-                        pipeline=self.name, topic=tp.topic, partition=tp.partition,
-                        chunks=len(plan)))
+                    log.info(
+                        "replaying recorded chunks",
+                        extra=log_fields(
+                            pipeline=self.name,
+                            topic=tp.topic,
+                            partition=tp.partition,
+                            chunks=len(plan),
+                        ),
+                    )
         self.ready.set()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
@@ -328,8 +341,9 @@ class BatchConsumer:
         self._revoked.clear()
         if self.delivery is Delivery.EXACTLY_ONCE:
             assert self.intent_log is not None
-            if not self._retrying(consumer, lambda: self.intent_log.record(self.group, chunks),
-                                  give_up_on_failure):
+            if not self._retrying(
+                consumer, lambda: self.intent_log.record(self.group, chunks), give_up_on_failure
+            ):
                 return
         letters: list[DeadLetter] = []
 
@@ -365,9 +379,14 @@ class BatchConsumer:
                     self.stats.retries += 1
                     RETRIES.labels(self.name).inc()
                     SINK_DOWN.labels(self.name).set(1)
-                    log.warning("handler failed; retrying", extra=log_fields(
-                        pipeline=self.name, error=f"{type(e).__name__}: {e}"[:500],
-                        retry_in_s=round(delay, 2)))
+                    log.warning(
+                        "handler failed; retrying",
+                        extra=log_fields(
+                            pipeline=self.name,
+                            error=f"{type(e).__name__}: {e}"[:500],
+                            retry_in_s=round(delay, 2),
+                        ),
+                    )
                     if give_up_on_failure or self._stop.is_set():
                         return False
                     if not paused:
@@ -380,8 +399,7 @@ class BatchConsumer:
             SINK_DOWN.labels(self.name).set(0)
             if paused:
                 try:
-                    consumer.resume([p for p in paused
-                                     if (p.topic, p.partition) in self._assigned])
+                    consumer.resume([p for p in paused if (p.topic, p.partition) in self._assigned])
                 except KafkaException:
                     pass
 

@@ -53,7 +53,15 @@ def _prepare(pgdata: Path) -> str | None:
         os.chown(pgdata, pw.pw_uid, pw.pw_gid)
     if not (pgdata / "PG_VERSION").exists():
         subprocess.run(
-            [_bin("initdb"), "-D", str(pgdata), "--auth=trust", "--encoding=utf8", "-U", "postgres"],
+            [
+                _bin("initdb"),
+                "-D",
+                str(pgdata),
+                "--auth=trust",
+                "--encoding=utf8",
+                "-U",
+                "postgres",
+            ],
             check=True,
             capture_output=True,
             user=user,

@@ -106,8 +106,7 @@ def _wait_ready(settings: Settings, sup: Supervisor, timeout: float = 60.0) -> N
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeStartError(
-                        f"{name} did not become healthy within {timeout:.0f}s: "
-                        f"see {sup.log_dir}/"
+                        f"{name} did not become healthy within {timeout:.0f}s: see {sup.log_dir}/"
                     )
                 time.sleep(0.3)
             console.print(f"[green]✓[/] {name}: {url}  (docs: {url}/docs)")

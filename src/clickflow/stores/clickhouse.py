@@ -105,9 +105,9 @@ class ClickHouseIntentLog:
             column_names=["group_id", "topic", "partition", "first_offset", "last_offset"],
         )
 
-    def pending(self, group: str, topic: str, partition: int, from_offset: int) -> list[
-        tuple[int, int]
-    ]:
+    def pending(
+        self, group: str, topic: str, partition: int, from_offset: int
+    ) -> list[tuple[int, int]]:
         result = clickhouse_client(self._settings, self._database).query(
             "SELECT DISTINCT first_offset, last_offset FROM consumer_intents "
             "WHERE group_id = {g:String} AND topic = {t:String} AND partition = {p:Int32} "

@@ -25,13 +25,13 @@ def redis_url(settings: Settings, db: int | None = None) -> str:
 
 
 def redis_client(settings: Settings, db: int | None = None) -> redis.Redis:
-    return redis.Redis.from_url(redis_url(settings, db), socket_timeout=5,
-                                socket_connect_timeout=3)
+    return redis.Redis.from_url(redis_url(settings, db), socket_timeout=5, socket_connect_timeout=3)
 
 
 def async_redis_client(settings: Settings, db: int | None = None) -> aioredis.Redis:
-    return aioredis.Redis.from_url(redis_url(settings, db), socket_timeout=5,
-                                   socket_connect_timeout=3)
+    return aioredis.Redis.from_url(
+        redis_url(settings, db), socket_timeout=5, socket_connect_timeout=3
+    )
 
 
 def ping(settings: Settings) -> str:
