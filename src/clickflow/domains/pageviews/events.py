@@ -1,0 +1,80 @@
+"""PageViewEvent, exactly as in seed 000, and its validation.
+
+The seed's struct has no event id; an event's identity is the hash of its content (user,
+page, timestamp, duration, agent, ip, region, bounce). A re-sent duplicate has the same bytes
+and so the same identity; two different views are never identical to the millisecond.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from datetime import UTC, datetime
+
+import msgspec
+from msgspec import Struct
+
+PAGEVIEWS_TOPIC = "page_views"
+
+MAX_DURATION_MS = 24 * 3600 * 1000  # a view longer than a day is absurd
+MAX_FUTURE_S = 3600  # timestamps more than an hour ahead are a broken clock
+
+
+class PageViewEvent(Struct, forbid_unknown_fields=False):
+    page_id: str
+    user_id: str
+    view_duration_ms: int
+    timestamp: datetime
+    is_bounce: bool
+    user_agent: str = ""
+    ip_address: str = ""
+    region: str = ""
+
+
+class InvalidEvent(ValueError):
+    """The record cannot be stored; the message is the DLQ reason."""
+
+
+_decoder = msgspec.json.Decoder(PageViewEvent)
+
+
+def event_identity(raw: bytes) -> str:
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+def decode_page_view(raw: bytes, now: float) -> PageViewEvent:
+    """Decode and validate one record; raises InvalidEvent with the reason."""
+    try:
+        ev = _decoder.decode(raw)
+    except msgspec.ValidationError as e:
+        raise InvalidEvent(f"schema: {e}") from None
+    except msgspec.DecodeError as e:
+        raise InvalidEvent(f"malformed JSON: {e}") from None
+    if not ev.page_id.strip():
+        raise InvalidEvent("page_id: empty")
+    if not ev.user_id.strip():
+        raise InvalidEvent("user_id: empty")
+    if ev.view_duration_ms < 0:
+        raise InvalidEvent(f"view_duration_ms: negative ({ev.view_duration_ms})")
+    if ev.view_duration_ms > MAX_DURATION_MS:
+        raise InvalidEvent(f"view_duration_ms: absurd ({ev.view_duration_ms} > 24 h)")
+    if ev.timestamp.tzinfo is None:
+        raise InvalidEvent("timestamp: no time zone")
+    ts = ev.timestamp.timestamp()
+    if ts > now + MAX_FUTURE_S:
+        raise InvalidEvent(f"timestamp: {ev.timestamp.isoformat()} is in the future")
+    if ts < 946684800:  # 2000-01-01
+        raise InvalidEvent(f"timestamp: {ev.timestamp.isoformat()} is before 2000")
+    if ev.ip_address:
+        try:
+            ipaddress.ip_address(ev.ip_address)
+        except ValueError:
+            raise InvalidEvent(f"ip_address: not an IP address ({ev.ip_address[:64]!r})") from None
+    if len(ev.page_id) > 512 or len(ev.user_id) > 256 or len(ev.region) > 64:
+        raise InvalidEvent("page_id/user_id/region: too long")
+    return ev
+
+
+def ch_time(dt: datetime) -> str:
+    """DateTime64(3) text in UTC (JSONEachRow reads integer epoch ms as seconds)."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.") + f"{dt.microsecond // 1000:03d}"

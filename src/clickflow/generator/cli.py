@@ -1,0 +1,145 @@
+"""`clickflow generate`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+console = Console(stderr=True)
+
+DEMO_SCHEDULE = "regular:20,burst:10"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(generate)
+
+
+def generate(
+    domain: Annotated[str, typer.Option(help="pageviews, ugc, adclicks or telecom")] = "pageviews",
+    mode: Annotated[str, typer.Option(help="regular, burst, night or fixed")] = "regular",
+    rate: Annotated[float, typer.Option(help="events/s for --mode fixed")] = 1000.0,
+    schedule: Annotated[
+        str | None, typer.Option(help='combine modes, e.g. "regular:60,burst:30,night:30"')
+    ] = None,
+    pattern: Annotated[str, typer.Option(help="sync, async or batch")] = "async",
+    partitioner: Annotated[str, typer.Option(help="key, round-robin or random")] = "key",
+    batch_size: Annotated[int, typer.Option(help="batch pattern: N events")] = 1000,
+    batch_ms: Annotated[float, typer.Option(help="batch pattern: X ms")] = 50.0,
+    broken_share: Annotated[float, typer.Option(help="share of broken events")] = 0.05,
+    duplicate_share: Annotated[float, typer.Option(help="share of duplicates")] = 0.01,
+    count: Annotated[int | None, typer.Option(help="stop after N events")] = None,
+    duration: Annotated[float | None, typer.Option(help="stop after S seconds")] = None,
+    truth: Annotated[Path | None, typer.Option(help="write the ground truth here")] = None,
+    control_port: Annotated[int | None, typer.Option(help="HTTP control port")] = None,
+    no_control: Annotated[bool, typer.Option(help="do not serve the control API")] = False,
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    demo: Annotated[bool, typer.Option(help="every domain, demo schedule")] = False,
+    quiet: Annotated[bool, typer.Option(help="no live line")] = False,
+) -> None:
+    """Synthetic traffic for a domain: load modes, event mix, producer patterns, faults."""
+    from clickflow.config import get_settings
+    from clickflow.generator.engine import Engine, GeneratorOptions, Mix
+    from clickflow.generator.modes import RateModel, parse_schedule
+    from clickflow.generator.registry import available_domains, factory_for
+    from clickflow.logs import setup_logging
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    try:
+        mix = Mix(broken_share, duplicate_share)
+        options = GeneratorOptions(
+            pattern=pattern,
+            partitioner=partitioner,
+            batch_size=batch_size,
+            batch_ms=batch_ms,
+            seed=seed,
+        )
+        steps = parse_schedule(schedule or DEMO_SCHEDULE) if (schedule or demo) else None
+        domains = available_domains() if demo else [domain]
+        engines = {
+            d: Engine(
+                settings,
+                factory_for(d),
+                d,
+                RateModel(mode=mode, rate=rate, seed=seed),
+                mix,
+                options,
+                truth if not demo else None,
+                steps,
+            )
+            for d in domains
+        }
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if count is not None and count < 0:
+        raise typer.BadParameter("--count must be positive")
+
+    port = control_port or settings.generator_port
+    if not no_control:
+        _serve_control(engines, settings.host, port)
+
+    def _stop(_sig: int, _frame: object) -> None:
+        for e in engines.values():
+            e.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    threads = [
+        threading.Thread(
+            target=e.run,
+            kwargs={"count": count, "duration": duration},
+            name=f"gen-{d}",
+            daemon=True,
+        )
+        for d, e in engines.items()
+    ]
+    for t in threads:
+        t.start()
+    if quiet:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.5)
+    else:
+        with Live(_line(engines), console=console, refresh_per_second=4) as live:
+            while any(t.is_alive() for t in threads):
+                time.sleep(0.25)
+                live.update(_line(engines))
+    for d, e in engines.items():
+        e.close()
+        s = e.stats.as_dict()
+        console.print(f"{d}: " + "  ".join(f"{k}={v}" for k, v in s.items()))
+
+
+def _line(engines: dict) -> str:
+    parts = []
+    for d, e in engines.items():
+        s = e.stats
+        parts.append(
+            f"[bold]{d}[/] {e.rates.mode} sent={s.sent} acked={s.acked} failed={s.failed} "
+            f"retried={s.retried} dup={s.duplicates} broken={s.broken} {s.rate():,.0f}/s"
+        )
+    return "\n".join(parts)
+
+
+def _serve_control(engines: dict, host: str, port: int) -> None:
+    import uvicorn
+
+    from clickflow.generator.control import create_control_app
+    from clickflow.runtime.exceptions import RuntimeStartError
+    from clickflow.runtime.ports import require_free
+
+    try:
+        require_free(host, port, "the generator control API", "CLICKFLOW_GENERATOR_PORT")
+    except RuntimeStartError as e:
+        raise SystemExit(f"clickflow: {e}") from None
+    server = uvicorn.Server(
+        uvicorn.Config(create_control_app(engines), host=host, port=port, log_level="warning")
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    threading.Thread(target=server.run, name="generator-control", daemon=True).start()
