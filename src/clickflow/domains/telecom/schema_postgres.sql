@@ -1,0 +1,163 @@
+-- Telecom usage (seed 004): raw events partitioned by month, per-user and global aggregates.
+-- Idempotent: applied at every start-up by clickflow.migrations (one script).
+--
+-- Deduplication and partitioning. PostgreSQL requires a unique key on a partitioned table to
+-- contain the partition key, so the key of events_raw is (source_id, event_id, started_at).
+-- started_at is part of the event's immutable payload: a redelivered record or a resent
+-- duplicate carries the same started_at, so this key rejects every real duplicate. Two
+-- records with the same (source_id, event_id) and a *different* started_at are different
+-- payloads, not retries; they are kept (and counted) as two events. A global
+-- (source_id, event_id) index would need a second, unpartitioned table written per event,
+-- roughly halving the ingest rate, for a case no source produces.
+--
+-- Partitions. telecom.ensure_partitions(months) creates the month partitions of events_raw
+-- and agg_applied that do not exist yet. The migration creates the previous, current and
+-- next three months; the ingestor and the aggregator call it before each batch for the
+-- months of that batch they have not seen yet (kept in memory), and once an hour for the
+-- months ahead. So there is never a manual step and never a failed insert for a new month,
+-- and no DEFAULT partition (which would make every later CREATE PARTITION scan it).
+-- telecom.drop_partitions_before(month) is the retention job.
+
+-- Concurrent start-ups (ingestor and aggregator processes) apply this one at a time: the
+-- script runs as one implicit transaction, which holds this lock to its end.
+SELECT pg_advisory_xact_lock(hashtext('telecom.migrate'));
+
+CREATE SCHEMA IF NOT EXISTS telecom;
+
+CREATE TABLE IF NOT EXISTS telecom.events_raw (
+    source_id    text        NOT NULL,
+    event_id     text        NOT NULL,
+    user_id      text        NOT NULL,
+    type         text        NOT NULL CHECK (type IN ('CALL_OUT', 'CALL_IN', 'SMS_SENT', 'SMS_RECEIVED', 'DATA')),
+    started_at   timestamptz NOT NULL,
+    ended_at     timestamptz NOT NULL,
+    duration_sec integer     NOT NULL CHECK (duration_sec >= 0),
+    bytes_up     bigint      NOT NULL CHECK (bytes_up >= 0),
+    bytes_down   bigint      NOT NULL CHECK (bytes_down >= 0),
+    meta         jsonb       NOT NULL DEFAULT '{}',
+    ingested_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (source_id, event_id, started_at)
+) PARTITION BY RANGE (started_at);
+
+-- A user's detail for a period, newest first (keyset pagination).
+CREATE INDEX IF NOT EXISTS events_raw_user_time
+    ON telecom.events_raw (user_id, started_at DESC, source_id, event_id);
+
+-- The aggregator's record of the events it has counted (same key as events_raw, same
+-- partitions, dropped together by retention): an event is added to the aggregates only in
+-- the transaction that inserts its key here, so a redelivered event is never counted twice.
+CREATE TABLE IF NOT EXISTS telecom.agg_applied (
+    source_id  text        NOT NULL,
+    event_id   text        NOT NULL,
+    started_at timestamptz NOT NULL,
+    PRIMARY KEY (source_id, event_id, started_at)
+) PARTITION BY RANGE (started_at);
+
+CREATE TABLE IF NOT EXISTS telecom.agg_day (
+    day          date    NOT NULL,
+    user_id      text    NOT NULL,
+    type         text    NOT NULL,
+    events       bigint  NOT NULL,
+    duration_sec bigint  NOT NULL,
+    bytes_up     numeric NOT NULL,
+    bytes_down   numeric NOT NULL,
+    PRIMARY KEY (user_id, day, type)
+);
+
+CREATE TABLE IF NOT EXISTS telecom.agg_month (
+    month        date    NOT NULL,  -- first day of the month (UTC)
+    user_id      text    NOT NULL,
+    type         text    NOT NULL,
+    events       bigint  NOT NULL,
+    duration_sec bigint  NOT NULL,
+    bytes_up     numeric NOT NULL,
+    bytes_down   numeric NOT NULL,
+    PRIMARY KEY (user_id, month, type)
+);
+
+-- Global aggregates (all users), kept by the aggregator in the same transaction.
+CREATE TABLE IF NOT EXISTS telecom.agg_global_day (
+    day          date    NOT NULL,
+    type         text    NOT NULL,
+    events       bigint  NOT NULL,
+    duration_sec bigint  NOT NULL,
+    bytes_up     numeric NOT NULL,
+    bytes_down   numeric NOT NULL,
+    PRIMARY KEY (day, type)
+);
+
+CREATE TABLE IF NOT EXISTS telecom.agg_global_month (
+    month        date    NOT NULL,
+    type         text    NOT NULL,
+    events       bigint  NOT NULL,
+    duration_sec bigint  NOT NULL,
+    bytes_up     numeric NOT NULL,
+    bytes_down   numeric NOT NULL,
+    PRIMARY KEY (month, type)
+);
+
+-- One row: bumped in every aggregator transaction that changed the aggregates. The API's
+-- Redis cache is keyed by it, so a change makes every cached answer unreachable.
+CREATE TABLE IF NOT EXISTS telecom.agg_state (
+    id         smallint    PRIMARY KEY CHECK (id = 1),
+    version    bigint      NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+INSERT INTO telecom.agg_state VALUES (1, 0, now()) ON CONFLICT (id) DO NOTHING;
+
+CREATE OR REPLACE FUNCTION telecom.ensure_partitions(months date[])
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    m       date;
+    parent  text;
+    part    text;
+    created integer := 0;
+BEGIN
+    -- Serialise creators (several ingestors/aggregators may meet a new month at once).
+    PERFORM pg_advisory_xact_lock(hashtext('telecom.ensure_partitions'));
+    FOREACH m IN ARRAY months LOOP
+        m := date_trunc('month', m)::date;
+        FOREACH parent IN ARRAY ARRAY['events_raw', 'agg_applied'] LOOP
+            part := format('%s_y%sm%s', parent, to_char(m, 'YYYY'), to_char(m, 'MM'));
+            IF to_regclass(format('telecom.%I', part)) IS NULL THEN
+                EXECUTE format(
+                    'CREATE TABLE telecom.%I PARTITION OF telecom.%I FOR VALUES FROM (%L) TO (%L)',
+                    part, parent,
+                    (m::timestamp AT TIME ZONE 'UTC'),
+                    ((m + interval '1 month')::timestamp AT TIME ZONE 'UTC'));
+                created := created + 1;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN created;
+END $$;
+
+-- Months ahead: the previous, current and next three months (UTC).
+SELECT telecom.ensure_partitions(ARRAY(
+    SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') + make_interval(months => k))::date
+    FROM generate_series(-1, 3) AS k));
+
+-- Retention: drop the partitions of months before `keep_from` (a month start); returns the
+-- dropped partition names. Aggregates are kept.
+CREATE OR REPLACE FUNCTION telecom.drop_partitions_before(keep_from date)
+RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('telecom.ensure_partitions'));
+    FOR r IN
+        SELECT c.relname
+        FROM pg_inherits i
+        JOIN pg_class c ON c.oid = i.inhrelid
+        JOIN pg_class p ON p.oid = i.inhparent
+        JOIN pg_namespace n ON n.oid = p.relnamespace
+        WHERE n.nspname = 'telecom' AND p.relname IN ('events_raw', 'agg_applied')
+          AND c.relname ~ '_y[0-9]{4}m[0-9]{2}$'
+          AND make_date(substring(c.relname from '_y([0-9]{4})m')::int,
+                        substring(c.relname from 'm([0-9]{2})$')::int, 1) < keep_from
+        ORDER BY c.relname
+    LOOP
+        EXECUTE format('DROP TABLE telecom.%I', r.relname);
+        RETURN NEXT r.relname;
+    END LOOP;
+END $$;
