@@ -15,11 +15,11 @@ the engine keeps going when the broker comes back and never exits silently.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left
 import logging
 import random
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
