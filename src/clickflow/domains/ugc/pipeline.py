@@ -1,0 +1,277 @@
+"""The UGC ETL: collector records (``UgcRecord`` JSON, keyed by user_id) into ClickHouse.
+
+Each record is validated against its kind's schema; invalid ones go to the DLQ with the
+reason and to ``ugc_processing_errors``. Valid ones go to one table per kind; page view
+halves are paired first (see :mod:`clickflow.domains.ugc.pairing` for the exactly-once
+design). Every insert carries the chunk's deduplication token, one per table.
+
+Operation: continuous by default, or scheduled (one batch every X seconds) — see
+:mod:`clickflow.domains.ugc.config`. Orphaned starts are swept every
+``CLICKFLOW_UGC_SWEEP_INTERVAL_SECONDS`` by a background thread, even with no traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+
+import msgspec
+import orjson
+from confluent_kafka import Message
+
+from clickflow.config import Settings
+from clickflow.domains.ugc import metrics
+from clickflow.domains.ugc.config import UgcConfig
+from clickflow.domains.ugc.events import EVENT_KINDS, UgcRecord, decode_data
+from clickflow.domains.ugc.pairing import END, START, Half, PageViewPairing
+from clickflow.kafka.consumer import Batch, Chunk, Delivery
+from clickflow.kafka.dlq import DeadLetter
+from clickflow.kafka.topics import TopicSpec
+from clickflow.logs import log_fields
+from clickflow.pipelines import PipelineOptions, PipelineSpec
+from clickflow.stores.clickhouse import (
+    DEDUP_INSERT_SETTINGS,
+    ClickHouseIntentLog,
+    clickhouse_client,
+)
+from clickflow.stores.redis import redis_client
+
+log = logging.getLogger("clickflow.ugc")
+
+TABLES = {
+    "element_click": "ugc_element_click",
+    "quality_change": "ugc_quality_change",
+    "video_complete": "ugc_video_complete",
+    "search_filter": "ugc_search_filter",
+}
+PAGE_VIEW_TABLE = "ugc_page_view"
+ERRORS_TABLE = "ugc_processing_errors"
+HALF_KINDS = {"page_view_start": START, "page_view_end": END}
+
+# Server timestamps in epoch milliseconds: 2001-09-09 .. 2286-11-20.
+MIN_TS_MS = 1_000_000_000_000
+MAX_TS_MS = 9_999_999_999_999
+
+_decoder = msgspec.json.Decoder(UgcRecord)
+
+
+class InvalidRecord(ValueError):
+    def __init__(self, reason: str, event: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.event = event
+
+
+def decode_record(value: bytes | None) -> tuple[UgcRecord, msgspec.Struct]:
+    """Decode and validate one Kafka record; raises :class:`InvalidRecord` with the reason."""
+    if not value:
+        raise InvalidRecord("empty record")
+    try:
+        rec = _decoder.decode(value)
+    except msgspec.ValidationError as e:
+        raise InvalidRecord(f"invalid record: {e}") from None
+    except msgspec.DecodeError as e:
+        raise InvalidRecord(f"malformed JSON: {e}") from None
+    if rec.event not in EVENT_KINDS:
+        raise InvalidRecord(f"unknown event kind {rec.event[:64]!r}", rec.event[:64])
+    if not rec.user_id or len(rec.user_id) > 128:
+        raise InvalidRecord("user_id must be 1..128 characters", rec.event)
+    if not rec.event_id or len(rec.event_id) > 128:
+        raise InvalidRecord("event_id must be 1..128 characters", rec.event)
+    if not MIN_TS_MS <= rec.timestamp <= MAX_TS_MS:
+        raise InvalidRecord(f"timestamp {rec.timestamp} is not epoch milliseconds", rec.event)
+    try:
+        data = decode_data(rec.event, rec.data)
+    except msgspec.ValidationError as e:
+        raise InvalidRecord(f"invalid data for {rec.event}: {e}", rec.event) from None
+    return rec, data
+
+
+def event_row(rec: UgcRecord, data: msgspec.Struct) -> dict:
+    row = msgspec.structs.asdict(data)
+    if rec.event == "video_complete":
+        row["duration_total"] = int(row["duration_total"])
+    row["event_id"] = rec.event_id
+    row["user_id"] = rec.user_id
+    row["timestamp"] = rec.timestamp / 1000
+    return row
+
+
+def error_row(m: Message, err: InvalidRecord) -> dict:
+    raw = (m.value() or b"")[:4096].decode("utf-8", errors="replace")
+    return {
+        "topic": m.topic(),
+        "partition": m.partition(),
+        "offset": m.offset(),
+        "event": err.event,
+        "reason": err.reason[:1000],
+        "raw": raw,
+    }
+
+
+def _json_lines(rows: list[dict]) -> bytes:
+    return b"\n".join(orjson.dumps(r) for r in rows)
+
+
+class UgcHandler:
+    """The batch handler: validate, pair, insert (per chunk), then update the pairing state."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: UgcConfig | None = None,
+        background_sweep: bool = True,
+        fault: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config or UgcConfig()
+        self.pairing = PageViewPairing(redis_client(settings), self.config)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._fault = fault  # tests: raise at "after_insert" / "after_redis" / "sweep_insert"
+        self._sweeper: threading.Thread | None = None
+        if background_sweep:
+            self._sweeper = threading.Thread(target=self._sweep_loop, name="ugc-sweep", daemon=True)
+            self._sweeper.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def handle(self, batch: Batch) -> list[DeadLetter]:
+        letters: list[DeadLetter] = []
+        with self._lock:
+            for chunk in batch.chunks:
+                letters += self._handle_chunk(batch.group, chunk)
+        return letters
+
+    def _handle_chunk(self, group: str, chunk: Chunk) -> list[DeadLetter]:
+        rows: dict[str, list[dict]] = defaultdict(list)
+        halves: list[Half] = []
+        letters: list[DeadLetter] = []
+        seen: set[str] = set()
+        counts: dict[str, int] = defaultdict(int)
+        dups: dict[str, int] = defaultdict(int)
+        for m in chunk.messages:
+            try:
+                rec, data = decode_record(m.value())
+            except InvalidRecord as e:
+                letters.append(DeadLetter(m, e.reason))
+                rows[ERRORS_TABLE].append(error_row(m, e))
+                continue
+            kind = rec.event
+            counts[kind] += 1
+            half = HALF_KINDS.get(kind)
+            if half is not None:
+                halves.append(
+                    Half(
+                        half,
+                        rec.event_id,
+                        rec.user_id,
+                        data.page_view_id,
+                        rec.timestamp,
+                        data.page_type,
+                    )  # fmt: skip
+                )
+                continue
+            if rec.event_id in seen:  # an exact re-send within the chunk
+                dups[kind] += 1
+                continue
+            seen.add(rec.event_id)
+            rows[TABLES[kind]].append(event_row(rec, data))
+        plan = self.pairing.plan(halves)
+        if plan.rows:
+            rows[PAGE_VIEW_TABLE] = plan.rows
+        for table, table_rows in rows.items():
+            self._insert(table, table_rows, chunk.token(group, table))
+        if self._fault:
+            self._fault("after_insert")
+        self.pairing.apply(plan)
+        if self._fault:
+            self._fault("after_redis")
+        for kind, n in counts.items():
+            metrics.EVENTS.labels(kind).inc(n)
+        for kind, n in dups.items():
+            metrics.DUPLICATES.labels(kind).inc(n)
+        if plan.duplicates:
+            metrics.DUPLICATES.labels("page_view").inc(plan.duplicates)
+        if plan.late:
+            metrics.LATE_ENDS.inc(plan.late)
+        if plan.rows:
+            metrics.PAIRS.inc(len(plan.rows))
+            metrics.update_unended_share()
+        if letters:
+            metrics.INVALID.inc(len(letters))
+        return letters
+
+    def _insert(self, table: str, rows: list[dict], token: str) -> None:
+        clickhouse_client(self.settings).raw_insert(
+            table,
+            insert_block=_json_lines(rows),
+            fmt="JSONEachRow",
+            settings={"insert_deduplication_token": token, **DEDUP_INSERT_SETTINGS},
+        )
+
+    # -- orphans ------------------------------------------------------------------------------
+
+    def sweep(self, now_ms: int | None = None) -> int:
+        """Emit the expired unpaired starts now; returns how many."""
+
+        def insert(rows: list[dict], token: str) -> None:
+            if self._fault:
+                self._fault("sweep_insert")
+            self._insert(PAGE_VIEW_TABLE, rows, token)
+
+        with self._lock:
+            res = self.pairing.sweep(insert, now_ms)
+            metrics.PENDING.set(self.pairing.pending_count())
+        if res.orphans:
+            metrics.ORPHANS.inc(res.orphans)
+            metrics.update_unended_share()
+        if res.orphan_ends:
+            metrics.ORPHAN_ENDS.inc(res.orphan_ends)
+        if res.orphans or res.orphan_ends:
+            log.info(
+                "orphans expired",
+                extra=log_fields(orphans=res.orphans, orphan_ends=res.orphan_ends),
+            )
+        return res.orphans
+
+    def _sweep_loop(self) -> None:
+        interval = self.config.sweep_interval_seconds
+        while not self._stop.wait(interval):
+            try:
+                self.sweep()
+            except Exception as e:  # Redis/ClickHouse down: the next round redoes the intent
+                log.warning(
+                    "orphan sweep failed", extra=log_fields(error=f"{type(e).__name__}: {e}")
+                )
+
+
+def build_handler(settings: Settings, _options: PipelineOptions) -> UgcHandler:
+    if not settings.redis_url:
+        raise RuntimeError("the ugc pipeline pairs page views in Redis: set CLICKFLOW_REDIS_URL")
+    return UgcHandler(settings, UgcConfig())
+
+
+def _build_intent_log(settings: Settings) -> ClickHouseIntentLog:
+    return ClickHouseIntentLog(settings)
+
+
+_config = UgcConfig()
+
+PIPELINES = [
+    PipelineSpec(
+        "ugc",
+        [TopicSpec(_config.topic, _config.partitions)],
+        "clickhouse",
+        build_handler,
+        _build_intent_log,
+        PipelineOptions(trigger=_config.trigger(), delivery=Delivery.EXACTLY_ONCE),
+    )
+]
