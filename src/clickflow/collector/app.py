@@ -1,17 +1,195 @@
-"""The collector (port 8001): validates events and publishes them to Kafka."""
+"""The collector (port 8001): validates events and publishes them to Kafka.
+
+``POST /v1/events`` takes one event or a JSON array in the envelope of seed 001; see
+``ingest.py`` for what happens to them and ``openapi.py`` for the documented shapes
+(``/docs``, and ``/apidocs`` as the seed promised).
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+import httpx
+import msgspec
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+
+from clickflow.collector.exceptions import CollectorError
+from clickflow.collector.ingest import Ingestor, Outcome, error_outcome
+from clickflow.collector.metrics import LATENCY, RATE_LIMITED, REQUESTS
+from clickflow.collector.openapi import EVENTS_OPENAPI, install_openapi
+from clickflow.collector.options import CollectorOptions
+from clickflow.collector.publisher import KafkaPublisher
+from clickflow.collector.ratelimit import RateLimiter
+from clickflow.collector.tokens import TokenVerifier
 from clickflow.config import Settings, get_settings
 from clickflow.health import dependency_checks, health_router
+from clickflow.kafka.config import producer_config
+from clickflow.kafka.exceptions import KafkaUnavailable
+from clickflow.kafka.topics import TopicSpec, ensure_topics
+
+log = logging.getLogger(__name__)
+
+_json = msgspec.json.Encoder()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+@dataclass
+class Services:
+    ingestor: Ingestor
+    limiter: RateLimiter | None
+    publisher: KafkaPublisher
+    redis: aioredis.Redis | None
+    http: httpx.AsyncClient
+    topics_task: asyncio.Task[None] | None
+
+
+def topic_specs(settings: Settings, options: CollectorOptions) -> list[TopicSpec]:
+    return [TopicSpec(options.topic, settings.kafka_topic_partitions)]
+
+
+async def _ensure_topics(settings: Settings, options: CollectorOptions) -> asyncio.Task | None:
+    """Create the topic now if Kafka answers within the publish timeout; otherwise keep trying
+    in the background (the collector starts anyway and answers 503 until Kafka is back)."""
+    specs = topic_specs(settings, options)
+    first_timeout = max(0.5, options.publish_timeout_ms / 1000)
+    try:
+        await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, specs, first_timeout)
+        return None
+    except KafkaUnavailable as e:
+        log.warning("Kafka unavailable at start-up, will retry creating topics: %s", e)
+
+    async def retry() -> None:
+        while True:
+            await asyncio.sleep(5)
+            try:
+                await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, specs, 5.0)
+                log.info("topics created")
+                return
+            except KafkaUnavailable:
+                continue
+
+    return asyncio.create_task(retry())
+
+
+async def start_services(settings: Settings, options: CollectorOptions) -> Services:
+    topics_task = await _ensure_topics(settings, options)
+    publisher = KafkaPublisher(
+        producer_config(
+            settings,
+            **{"linger.ms": options.linger_ms, "message.timeout.ms": options.publish_timeout_ms},
+        ),
+        timeout=options.publish_timeout_ms / 1000 + 0.5,
+    )
+    redis = None
+    if settings.redis_url:
+        from clickflow.stores.redis import async_redis_client
+
+        redis = async_redis_client(settings)
+    else:
+        log.warning("CLICKFLOW_REDIS_URL is not set: no rate limiting and no token cache")
+    limiter = None
+    if redis is not None and options.rate_per_second > 0:
+        limiter = RateLimiter(redis, options.rate_per_second, options.rate_burst)
+    http = httpx.AsyncClient(timeout=options.auth_timeout_seconds)
+    verifier = TokenVerifier(
+        settings.auth_url, settings.jwt_secret, redis, http, options.invalid_token_cache_seconds
+    )
+    ingestor = Ingestor(options, verifier, publisher, options.topic)
+    return Services(ingestor, limiter, publisher, redis, http, topics_task)
+
+
+async def stop_services(s: Services) -> None:
+    if s.topics_task is not None:
+        s.topics_task.cancel()
+    await asyncio.to_thread(s.publisher.close)
+    await s.http.aclose()
+    if s.redis is not None:
+        await s.redis.aclose()
+
+
+def client_ip(request: Request, trust_forwarded_for: bool) -> str:
+    if trust_forwarded_for:
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            return forwarded.split(",", 1)[0].strip()
+    return request.client.host if request.client else "unknown"
+
+
+def _response(outcome: Outcome) -> Response:
+    return Response(
+        _json.encode(outcome.body),
+        status_code=outcome.status,
+        headers=outcome.headers,
+        media_type="application/json",
+    )
+
+
+def create_app(
+    settings: Settings | None = None, options: CollectorOptions | None = None
+) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="clickflow collector", version="0.1.0", docs_url="/docs")
+    options = options or CollectorOptions()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await start_services(settings, options)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await stop_services(services)
+
+    app = FastAPI(
+        title="clickflow collector",
+        version="0.1.0",
+        description="Accepts user-action events of the online cinema and publishes them to "
+        "Kafka. A 202 means the broker acknowledged every accepted event.",
+        docs_url="/docs",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
+    app.state.options = options
     uses = ["kafka"] + (["redis"] if settings.redis_url else [])
     app.include_router(health_router("collector", dependency_checks(settings, uses)))
+
+    async def ingest(request: Request) -> Outcome:
+        services: Services = request.app.state.services
+        if services.limiter is not None:
+            decision = await services.limiter.take(client_ip(request, options.trust_forwarded_for))
+            if not decision.allowed:
+                RATE_LIMITED.inc()
+                retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))
+                body = {"status": "rejected", "reason": "rate limit exceeded for this IP"}
+                return Outcome(429, body, {"Retry-After": str(retry_after)})
+        try:
+            return await services.ingestor.handle(request)
+        except CollectorError as e:
+            return error_outcome(e)
+
+    @app.post("/v1/events", tags=["events"], **EVENTS_OPENAPI)
+    async def post_events(request: Request) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            outcome = await ingest(request)
+            status = outcome.status
+            return _response(outcome)
+        finally:
+            REQUESTS.labels(str(status)).inc()
+            LATENCY.observe(time.perf_counter() - started)
+
+    @app.get("/apidocs", include_in_schema=False)
+    @app.get("/apidocs/", include_in_schema=False)
+    async def apidocs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=app.title)
+
+    install_openapi(app)
     return app
