@@ -39,9 +39,9 @@ CREATE TABLE IF NOT EXISTS telecom.events_raw (
     PRIMARY KEY (source_id, event_id, started_at)
 ) PARTITION BY RANGE (started_at);
 
--- A user's detail for a period, newest first (keyset pagination).
+-- A user's detail for a period, newest first (keyset pagination, a backward index scan).
 CREATE INDEX IF NOT EXISTS events_raw_user_time
-    ON telecom.events_raw (user_id, started_at DESC, source_id, event_id);
+    ON telecom.events_raw (user_id, started_at, source_id, event_id);
 
 -- The aggregator's record of the events it has counted (same key as events_raw, same
 -- partitions, dropped together by retention): an event is added to the aggregates only in
