@@ -1,0 +1,103 @@
+"""The raw ad click: one msgspec Struct, shared by the pipeline, the generator and tests.
+
+``click_timestamp`` is the event time in epoch milliseconds (when the user clicked), not the
+time the record reached Kafka. Low-cardinality attributes (country, device, os) are closed
+sets so the minute aggregate's filter dimensions stay small (star schema); user_id and ip
+are free-form and only kept in the raw store.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+UserId = Annotated[str, Meta(min_length=1, max_length=128)]
+# Loose on purpose (fast): digits, hex, dots and colons of IPv4 / IPv6 text forms.
+Ip = Annotated[str, Meta(min_length=2, max_length=45, pattern=r"^[0-9a-fA-F:.]+$")]
+Country = Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]  # ISO 3166-1 alpha-2
+# 2001-09-09 .. 2286: anything else is a unit error (seconds, microseconds) or garbage.
+EpochMs = Annotated[int, Meta(ge=1_000_000_000_000, le=9_999_999_999_999)]
+
+Device = Literal["mobile", "desktop", "tablet", "tv", "other"]
+Os = Literal["android", "ios", "windows", "macos", "linux", "other"]
+
+DEVICES: tuple[str, ...] = Device.__args__  # type: ignore[attr-defined]
+OSES: tuple[str, ...] = Os.__args__  # type: ignore[attr-defined]
+
+#: filter dimensions kept in the minute aggregate, and the ones only the raw store has
+AGGREGATE_DIMENSIONS = ("country", "device", "os")
+RAW_DIMENSIONS = ("user_id", "ip")
+
+
+class AdClick(Struct, forbid_unknown_fields=True):
+    click_id: Id
+    ad_id: Id
+    click_timestamp: EpochMs
+    user_id: UserId
+    ip: Ip
+    country: Country
+    device: Device = "other"
+    os: Os = "other"
+
+
+class RawRow(Struct, array_like=True):
+    """One row of ``ad_clicks_raw`` in column order, encoded as JSONCompactEachRow."""
+
+    click_id: str
+    ad_id: str
+    click_timestamp: int
+    user_id: str
+    ip: str
+    country: str
+    device: str
+    os: str
+    kafka_partition: int
+    kafka_offset: int
+    ingest_ms: int
+
+
+RAW_COLUMNS = [f for f in RawRow.__struct_fields__]
+
+_decoder = msgspec.json.Decoder(AdClick)
+_encoder = msgspec.json.Encoder()
+
+
+class RejectedClick(ValueError):
+    """A record that can never become a valid click (it goes to the DLQ with this reason).
+
+    ``kind`` is a small closed set for metrics: malformed, invalid, future."""
+
+    def __init__(self, reason: str, kind: str = "invalid") -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+def decode_click(value: bytes | None, now_ms: int, max_future_ms: int) -> AdClick:
+    """Decode and validate one Kafka record value.
+
+    Raises :class:`RejectedClick` with a reason for malformed JSON, a schema violation, or an
+    event time more than ``max_future_ms`` ahead of ``now_ms`` (a bad clock must not move the
+    watermark)."""
+    if not value:
+        raise RejectedClick("empty record", "malformed")
+    try:
+        click = _decoder.decode(value)
+    except msgspec.ValidationError as e:
+        raise RejectedClick(f"invalid click: {e}") from None
+    except msgspec.DecodeError as e:
+        raise RejectedClick(f"malformed JSON: {e}", "malformed") from None
+    if click.click_timestamp > now_ms + max_future_ms:
+        ahead = (click.click_timestamp - now_ms) / 1000
+        raise RejectedClick(f"click_timestamp is {ahead:.0f}s in the future", "future")
+    return click
+
+
+def encode_click(click: AdClick) -> bytes:
+    return _encoder.encode(click)
+
+
+def encode_rows(rows: list[RawRow]) -> bytes:
+    return _encoder.encode_lines(rows)

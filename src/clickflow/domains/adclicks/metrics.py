@@ -1,0 +1,32 @@
+"""Prometheus metrics of the adclicks pipeline (served on /metrics of the process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+CLICKS = Counter("clickflow_adclicks_clicks", "Clicks accepted and counted (first copy)")
+DUPLICATES = Counter("clickflow_adclicks_duplicates", "Copies of an already counted click_id")
+LATE = Counter(
+    "clickflow_adclicks_late_events",
+    "Clicks older than their partition's watermark (counted anyway: they correct aggregates)",
+)
+LATE_AFTER_FINAL = Counter(
+    "clickflow_adclicks_late_after_final",
+    "Late clicks whose minute had already been reported final",
+)
+REJECTED = Counter("clickflow_adclicks_rejected", "Records sent to the DLQ", ["reason"])
+CONSUMER_LAG = Gauge(
+    "clickflow_adclicks_consumer_lag_seconds",
+    "Processing time minus the Kafka timestamp of the last record handled",
+    ["partition"],
+)
+WATERMARK_DELAY = Gauge(
+    "clickflow_adclicks_watermark_delay_seconds",
+    "Processing time minus the partition's event-time watermark",
+    ["partition"],
+)
+FINAL_DELAY = Gauge(
+    "clickflow_adclicks_final_delay_seconds",
+    "Processing time minus the end of the last final minute (min watermark over partitions)",
+)
+DEDUP_CACHE = Gauge("clickflow_adclicks_dedup_cache_ids", "click_ids held by the dedup cache")

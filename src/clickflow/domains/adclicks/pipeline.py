@@ -1,0 +1,209 @@
+"""The adclicks pipeline: validate, dedup by click_id, watermark, write raw + minute buckets.
+
+Per batch, per partition chunk:
+
+1. decode each record (:func:`decode_click`); malformed ones and clicks stamped more than
+   ``max_future_s`` ahead of processing time become dead letters (they never reach the
+   watermark);
+2. drop copies of click_ids already counted (:mod:`.dedup`);
+3. advance the partition's watermark (max event time - allowed lateness); clicks older than
+   it are *late*: counted in metrics and still written, so they correct their minute;
+4. insert the rows into ``ad_clicks_raw`` with the chunk's deduplication token. The
+   materialized view sums them into ``ad_clicks_minute`` in the same insert, so a replayed
+   chunk (exactly-once intent log after a crash) changes neither table.
+
+After the chunks, the watermarks are saved (monotone, idempotent) for the finality answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from clickflow.config import Settings
+from clickflow.domains.adclicks import metrics
+from clickflow.domains.adclicks.config import AdClicksConfig
+from clickflow.domains.adclicks.dedup import SeenClicks, load_recent
+from clickflow.domains.adclicks.events import (
+    RAW_COLUMNS,
+    RawRow,
+    RejectedClick,
+    decode_click,
+    encode_rows,
+)
+from clickflow.domains.adclicks.watermark import MINUTE_MS, load_partition_max, save_watermarks
+from clickflow.kafka.consumer import Batch, Chunk
+from clickflow.kafka.dlq import DeadLetter
+from clickflow.kafka.topics import TopicSpec
+from clickflow.logs import log_fields
+from clickflow.pipelines import PipelineOptions, PipelineSpec
+from clickflow.stores.clickhouse import (
+    DEDUP_INSERT_SETTINGS,
+    ClickHouseIntentLog,
+    clickhouse_client,
+)
+
+log = logging.getLogger("clickflow.adclicks")
+
+TP = tuple[str, int]
+
+
+class AdClicksHandler:
+    def __init__(self, settings: Settings, config: AdClicksConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.lateness_ms = int(config.allowed_lateness_s * 1000)
+        self.max_future_ms = int(config.max_future_s * 1000)
+        self.seen = SeenClicks(config.dedup_window * config.partitions)
+        self.max_event: dict[int, int] = {}  # partition -> max click time seen (ms)
+        self._next_offset: dict[TP, int] = {}
+        self._done: deque[str] = deque(maxlen=4096)  # chunk tokens written by this process
+        self._done_set: set[str] = set()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _warm(self, chunk: Chunk) -> None:
+        """The partition is new to this process, or its offsets jumped (rebalance, crash)."""
+        client = clickhouse_client(self.settings)
+        ids = load_recent(client, chunk.partition, chunk.first_offset, self.config.dedup_window)
+        self.seen.add_all(ids)
+        mx = load_partition_max(client, chunk.topic, chunk.partition)
+        if mx is not None:
+            self.max_event[chunk.partition] = max(self.max_event.get(chunk.partition, mx), mx)
+        log.info(
+            "dedup cache warmed",
+            extra=log_fields(
+                partition=chunk.partition, from_offset=chunk.first_offset, click_ids=len(ids)
+            ),
+        )
+
+    def _mark_done(self, token: str) -> None:
+        if len(self._done) == self._done.maxlen:
+            self._done_set.discard(self._done[0])
+        self._done.append(token)
+        self._done_set.add(token)
+
+    # -- batch -------------------------------------------------------------------------------
+
+    def handle(self, batch: Batch) -> list[DeadLetter]:
+        client = clickhouse_client(self.settings)
+        letters: list[DeadLetter] = []
+        touched: set[int] = set()
+        for chunk in batch.chunks:
+            token = chunk.token(batch.group)
+            if token in self._done_set:  # a retried batch: this chunk is already written
+                continue
+            tp = (chunk.topic, chunk.partition)
+            if self._next_offset.get(tp) != chunk.first_offset:
+                self._warm(chunk)
+            rows, chunk_letters, max_ms, stats = self._rows(chunk)
+            if rows:
+                client.raw_insert(
+                    "ad_clicks_raw",
+                    column_names=RAW_COLUMNS,
+                    insert_block=encode_rows(rows),
+                    fmt="JSONCompactEachRow",
+                    settings={"insert_deduplication_token": token, **DEDUP_INSERT_SETTINGS},
+                )
+            # Written: now the chunk's effects on the in-memory state are real.
+            self.seen.add_all(r.click_id for r in rows)
+            if max_ms is not None:
+                self.max_event[chunk.partition] = max_ms
+                touched.add(chunk.partition)
+            self._next_offset[tp] = chunk.last_offset + 1
+            self._mark_done(token)
+            letters += chunk_letters
+            self._observe(chunk, len(rows), stats)
+        if touched:
+            now_ms = int(time.time() * 1000)
+            marks = {p: (self.max_event[p], self.max_event[p] - self.lateness_ms) for p in touched}
+            save_watermarks(client, self.config.topic, self.config.partitions, marks, now_ms)
+            for p, (_, wm) in marks.items():
+                metrics.WATERMARK_DELAY.labels(str(p)).set((now_ms - wm) / 1000)
+            if len(self.max_event) >= self.config.partitions:
+                final_end = min(self.max_event.values()) - self.lateness_ms
+                metrics.FINAL_DELAY.set((now_ms - final_end // MINUTE_MS * MINUTE_MS) / 1000)
+        metrics.DEDUP_CACHE.set(len(self.seen))
+        return letters
+
+    def _rows(self, chunk: Chunk) -> tuple[list[RawRow], list[DeadLetter], int | None, tuple]:
+        now_ms = int(time.time() * 1000)
+        seen = self.seen
+        fresh: set[str] = set()
+        rows: list[RawRow] = []
+        letters: list[DeadLetter] = []
+        partition = chunk.partition
+        max_ms = self.max_event.get(partition)
+        lateness = self.lateness_ms
+        final_end = None
+        if len(self.max_event) >= self.config.partitions:
+            final_end = (min(self.max_event.values()) - lateness) // MINUTE_MS * MINUTE_MS
+        dups = late = late_final = 0
+        rejected: dict[str, int] = {}
+        for m in chunk.messages:
+            try:
+                c = decode_click(m.value(), now_ms, self.max_future_ms)
+            except RejectedClick as e:
+                letters.append(DeadLetter(m, str(e)))
+                rejected[e.kind] = rejected.get(e.kind, 0) + 1
+                continue
+            cid = c.click_id
+            if cid in fresh or cid in seen:
+                dups += 1
+                continue
+            fresh.add(cid)
+            ts = c.click_timestamp
+            if max_ms is None or ts > max_ms:
+                max_ms = ts
+            elif ts < max_ms - lateness:
+                late += 1
+                if final_end is not None and ts < final_end:
+                    late_final += 1
+            rows.append(
+                RawRow(
+                    cid,
+                    c.ad_id,
+                    ts,
+                    c.user_id,
+                    c.ip,
+                    c.country,
+                    c.device,
+                    c.os,
+                    partition,
+                    m.offset(),
+                    m.timestamp()[1],
+                )
+            )
+        return rows, letters, max_ms, (dups, late, late_final, rejected)
+
+    def _observe(self, chunk: Chunk, accepted: int, stats: tuple) -> None:
+        dups, late, late_final, rejected = stats
+        metrics.CLICKS.inc(accepted)
+        if dups:
+            metrics.DUPLICATES.inc(dups)
+        if late:
+            metrics.LATE.inc(late)
+        if late_final:
+            metrics.LATE_AFTER_FINAL.inc(late_final)
+        for kind, n in rejected.items():
+            metrics.REJECTED.labels(kind).inc(n)
+        last_ts = chunk.messages[-1].timestamp()[1]
+        if last_ts > 0:
+            lag = max(0.0, time.time() - last_ts / 1000)
+            metrics.CONSUMER_LAG.labels(str(chunk.partition)).set(lag)
+
+
+def pipeline_spec(config: AdClicksConfig | None = None) -> PipelineSpec:
+    cfg = config or AdClicksConfig()
+    return PipelineSpec(
+        name="adclicks",
+        topics=[TopicSpec(cfg.topic, cfg.partitions)],
+        store="clickhouse",
+        build_handler=lambda settings, _opts: AdClicksHandler(settings, cfg),
+        build_intent_log=ClickHouseIntentLog,
+        default_options=PipelineOptions(),
+    )
+
+
+PIPELINES = [pipeline_spec()]

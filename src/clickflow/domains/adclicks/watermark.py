@@ -1,0 +1,73 @@
+"""Event-time watermarks: per Kafka partition, persisted so the API can say what is final.
+
+A partition's watermark is the largest click time it has delivered minus the allowed
+lateness. A minute [m, m+1) is *final* once the smallest watermark over all partitions of
+the topic is at or past m+1: every partition has moved on, so only events later than the
+allowed lateness can still change it (they are counted as late and still corrected).
+A partition that has never reported holds finality back: being conservative is the point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clickhouse_connect.driver.client import Client
+
+MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Finality:
+    watermark_ms: int | None  # min over partitions, None until all partitions reported
+    partitions_reported: int
+    partitions: int
+
+    @property
+    def final_through_ms(self) -> int | None:
+        """Start of the last minute that is final, or None."""
+        if self.watermark_ms is None:
+            return None
+        return self.watermark_ms // MINUTE_MS * MINUTE_MS - MINUTE_MS
+
+
+def read_finality(client: Client, topic: str, partitions: int) -> Finality:
+    rows = client.query(
+        "SELECT kafka_partition, max(watermark_ms), max(partitions) FROM ad_clicks_watermarks "
+        "WHERE topic = {topic:String} GROUP BY kafka_partition",
+        parameters={"topic": topic},
+    ).result_rows
+    expected = max([partitions] + [int(r[2]) for r in rows])
+    marks = {int(p): int(w) for p, w, _ in rows if int(p) < expected}
+    wm = min(marks.values()) if len(marks) == expected else None
+    return Finality(wm, len(marks), expected)
+
+
+def load_partition_max(client: Client, topic: str, partition: int) -> int | None:
+    rows = client.query(
+        "SELECT max(max_event_ms), count() FROM ad_clicks_watermarks "
+        "WHERE topic = {topic:String} AND kafka_partition = {p:UInt16}",
+        parameters={"topic": topic, "p": partition},
+    ).result_rows
+    if not rows or not rows[0][1]:
+        return None
+    return int(rows[0][0])
+
+
+def save_watermarks(
+    client: Client, topic: str, partitions: int, marks: dict[int, tuple[int, int]], now_ms: int
+) -> None:
+    """``marks``: partition -> (max event ms, watermark ms). Idempotent (max)."""
+    if not marks:
+        return
+    client.insert(
+        "ad_clicks_watermarks",
+        [[topic, p, partitions, mx, wm, now_ms] for p, (mx, wm) in marks.items()],
+        column_names=[
+            "topic",
+            "kafka_partition",
+            "partitions",
+            "max_event_ms",
+            "watermark_ms",
+            "updated_ms",
+        ],
+    )
