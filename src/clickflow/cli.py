@@ -163,6 +163,20 @@ def migrate() -> None:
         typer.echo(f"postgres: {migrate_postgres(settings)} schema files applied")
 
 
+@app.command()
+def sql(query: Annotated[str, typer.Argument(help="a read-only ClickHouse query")]) -> None:
+    """Run a ClickHouse query and print the rows as JSON lines (operators and tests)."""
+    import orjson
+
+    from clickflow.stores.clickhouse import clickhouse_client
+
+    result = clickhouse_client(get_settings()).query(query)
+    for row in result.result_rows:
+        typer.echo(
+            orjson.dumps(dict(zip(result.column_names, row, strict=True)), default=str).decode()
+        )
+
+
 def _mount_optional() -> None:
     """Commands that live with their feature: generator, auth, bench, and per-domain apps."""
     from importlib import import_module

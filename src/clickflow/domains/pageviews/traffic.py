@@ -45,9 +45,15 @@ class PageViewFactory:
     breakages = ("empty_page_id", "negative_duration", "malformed_json")
 
     def __init__(
-        self, users: int = 5000, pages: int = 500, bounce_share: float = 0.10, seed: int = 7
+        self,
+        users: int = 5000,
+        pages: int = 500,
+        bounce_share: float = 0.10,
+        seed: int = 7,
+        topic: str = PAGEVIEWS_TOPIC,
     ) -> None:
         rng = random.Random(seed)
+        self.topic = TopicSpec(topic, 4)
         self.users = [f"u{rng.getrandbits(48):012x}" for _ in range(users)]
         self.pages = [f"/{rng.choice(SECTIONS)}/{i}" for i in range(pages)]
         # Zipf-like skew: a few pages and users get most of the traffic.
