@@ -86,6 +86,7 @@ class KafkaPublisher:
         self._stop.set()
         self._thread.join(timeout=2)
         self._producer.flush(timeout)
+        del self._producer  # frees librdkafka's handle now, not at some later GC
 
 
 def _delivered(pending: _Pending, index: int, err: KafkaError | None) -> None:
