@@ -108,7 +108,7 @@ def parse_filter(text: str | None) -> dict[str, list[str]]:
 
 def _bad_filter(reason: str) -> None:
     raise HTTPException(
-        status.HTTP_422_UNPROCESSABLE_ENTITY, detail={"field": "filter", "reason": reason}
+        status.HTTP_422_UNPROCESSABLE_CONTENT, detail={"field": "filter", "reason": reason}
     )
 
 
@@ -201,7 +201,7 @@ def aggregated_count(
     start = _utc_minute(from_) if from_ else end - MINUTE
     if start >= end:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail={"field": "from", "reason": "from must be at least one minute before to"},
         )
     filters = parse_filter(filter)

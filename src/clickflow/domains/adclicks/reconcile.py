@@ -23,7 +23,8 @@ FROM
     FROM
     (
         SELECT click_time, ad_id, country, device, os FROM ad_clicks_raw
-        WHERE click_time >= {start:DateTime64(3, 'UTC')} AND click_time < {end:DateTime64(3, 'UTC')}
+        WHERE click_time >= {start64:DateTime64(3, 'UTC')}
+          AND click_time < {end64:DateTime64(3, 'UTC')}
         LIMIT 1 BY click_id
     )
     GROUP BY minute, ad_id, country, device, os
@@ -42,7 +43,7 @@ SETTINGS join_use_nulls = 0
 
 TOTALS_SQL = """
 SELECT count(), uniqExact(click_id) FROM ad_clicks_raw
-WHERE click_time >= {start:DateTime64(3, 'UTC')} AND click_time < {end:DateTime64(3, 'UTC')}
+WHERE click_time >= {start64:DateTime64(3, 'UTC')} AND click_time < {end64:DateTime64(3, 'UTC')}
 """
 
 
@@ -100,7 +101,8 @@ class Reconciliation:
 
 
 def reconcile(client: Client, start: datetime, end: datetime, apply: bool) -> Reconciliation:
-    params = {"start": start, "end": end}
+    # One name per type: clickhouse-connect renders a DateTime64 value with a fraction.
+    params = {"start": start, "end": end, "start64": start, "end64": end}
     raw_rows, raw_clicks = client.query(TOTALS_SQL, parameters=params).result_rows[0]
     diffs = [Difference(*row) for row in client.query(DIFF_SQL, parameters=params).result_rows]
     result = Reconciliation(start, end, int(raw_rows), int(raw_clicks), diffs)
