@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from datetime import UTC, datetime
 
 import msgspec
 from msgspec import Struct
 
-PAGEVIEWS_TOPIC = "page_views"
+PAGEVIEWS_TOPIC = os.environ.get("CLICKFLOW_PAGEVIEWS_TOPIC", "page_views")
 
 MAX_DURATION_MS = 24 * 3600 * 1000  # a view longer than a day is absurd
 MAX_FUTURE_S = 3600  # timestamps more than an hour ahead are a broken clock
