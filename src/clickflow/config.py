@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
 
     # Kafka
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_bootstrap: str = "127.0.0.1:9092"  # set it to use an existing Kafka/Redpanda
+    kafka_embedded_port: int = 9092  # where `clickflow up` starts tansu when it is not set
     kafka_session_timeout_ms: int = 6000  # low: group joins take ~session.timeout/2 on tansu
     kafka_topic_partitions: int = 4
 

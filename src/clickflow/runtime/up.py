@@ -32,8 +32,12 @@ def _cmd(*args: str) -> list[str]:
 def check_ports(settings: Settings, demo: bool, embedded_kafka: bool) -> None:
     h = settings.host
     if embedded_kafka:
-        port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
-        require_free(h, port, "the embedded Kafka broker", "CLICKFLOW_KAFKA_BOOTSTRAP")
+        require_free(
+            h,
+            settings.kafka_embedded_port,
+            "the embedded Kafka broker",
+            "CLICKFLOW_KAFKA_EMBEDDED_PORT",
+        )
     require_free(h, settings.api_port, "the query API", "CLICKFLOW_API_PORT")
     require_free(h, settings.collector_port, "the collector", "CLICKFLOW_COLLECTOR_PORT")
     require_free(h, settings.auth_port, "the auth service", "CLICKFLOW_AUTH_PORT")
@@ -51,11 +55,15 @@ def up(settings: Settings, demo: bool) -> None:
     env = {"CLICKFLOW_DATA_DIR": str(data)}
     try:
         with console.status("starting embedded servers..."):
+            bootstrap = settings.kafka_bootstrap
             if embedded_kafka:
-                host, port = settings.kafka_bootstrap.rsplit(":", 1)
-                sup.adopt("kafka", start_broker(host, int(port), data / "logs"))
-                console.print(f"[green]✓[/] Kafka (tansu, in memory) on {settings.kafka_bootstrap}")
-            env["CLICKFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+                bootstrap = f"{settings.host}:{settings.kafka_embedded_port}"
+                sup.adopt(
+                    "kafka",
+                    start_broker(settings.host, settings.kafka_embedded_port, data / "logs"),
+                )
+                console.print(f"[green]✓[/] Kafka (tansu, in memory) on {bootstrap}")
+            env["CLICKFLOW_KAFKA_BOOTSTRAP"] = bootstrap
             if not settings.redis_url:
                 proc, url = start_redis(data / "redis")
                 sup.adopt("redis", proc)

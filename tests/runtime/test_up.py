@@ -1,0 +1,81 @@
+"""`clickflow up` end to end: healthy services, a busy port fails fast, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from clickflow.runtime.ports import free_port
+
+
+def _env(tmp: Path, ports: dict[str, int]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKFLOW_")}
+    env.update(
+        {
+            "CLICKFLOW_DATA_DIR": str(tmp / "data"),
+            "CLICKFLOW_API_PORT": str(ports["api"]),
+            "CLICKFLOW_COLLECTOR_PORT": str(ports["collector"]),
+            "CLICKFLOW_GENERATOR_PORT": str(ports["generator"]),
+            "CLICKFLOW_AUTH_PORT": str(ports["auth"]),
+            "CLICKFLOW_GRPC_PORT": str(ports["grpc"]),
+            "CLICKFLOW_KAFKA_EMBEDDED_PORT": str(ports["kafka"]),
+        }
+    )
+    return env
+
+
+@pytest.mark.slow
+def test_up_serves_health_and_stops_cleanly(tmp_path: Path) -> None:
+    ports = {
+        name: free_port() for name in ("api", "collector", "generator", "auth", "grpc", "kafka")
+    }
+    env = _env(tmp_path, ports)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "clickflow", "up", "--demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        healthy: set[str] = set()
+        while healthy != {"api", "collector"}:
+            assert time.monotonic() < deadline, "services not healthy within 60 s"
+            assert up.poll() is None, up.stdout.read().decode()[-3000:]
+            for name in ("api", "collector"):
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{ports[name]}/healthz", timeout=2)
+                    if r.status_code == 200:
+                        healthy.add(name)
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.5)
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 5
+
+        # A second `up` on the same ports fails fast and names the busy port.
+        second = subprocess.run(
+            [sys.executable, "-m", "clickflow", "up"],
+            env=env,
+            capture_output=True,
+            timeout=30,
+            cwd=tmp_path,
+        )
+        assert second.returncode != 0
+        err = second.stderr.decode()
+        assert f"port {ports['kafka']}" in err and "busy" in err, err
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(40)
+    time.sleep(0.5)
+    alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"left behind: {[p.cmdline()[:3] for p in alive]}"
