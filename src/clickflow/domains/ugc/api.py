@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 
 from clickflow.api.deps import ClickHouseDep, require_token
@@ -77,12 +77,12 @@ def time_range(
     start = _utc(start) if start else end - timedelta(days=1)
     if start >= end:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            422,
             detail={"field": "start", "reason": "start must be before end"},
         )
     if end - start > MAX_RANGE:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            422,
             detail={"field": "start", "reason": "the range is limited to 366 days"},
         )
     return TimeRange(start=start, end=end)
