@@ -20,6 +20,8 @@ class AdClicksConfig(BaseSettings):
     max_future_s: float = Field(default=300.0, ge=0)
     #: how many recent records per partition the dedup cache covers (and reloads after a
     #: restart or a rebalance); duplicates further apart are found by `backfill`
-    dedup_window: int = Field(default=200_000, ge=1000)
+    dedup_window: int = Field(default=100_000, ge=1000)
+    #: ... written at most this long (Kafka time) before the batch that triggers the reload
+    dedup_horizon_s: float = Field(default=3600.0, gt=0)
     #: popular_ads answers are cached this long (seconds); 0 disables the cache
     popular_cache_s: float = Field(default=5.0, ge=0)

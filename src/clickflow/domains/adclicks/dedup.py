@@ -1,16 +1,23 @@
 """Deduplication by click_id: a bounded in-memory cache, reloaded from the raw store.
 
 The topic is keyed by click_id, so every copy of a click (producer retries, the generator
-re-sending a record) lands on the same partition and is seen by one consumer, in order:
-no cross-process race. Within a process the cache is shared by all its partitions, so
-copies spread by a round-robin partitioner are caught too as long as one process owns
-those partitions.
+re-sending a record) lands on the partition of the original and is seen by one consumer,
+in order: no race between consumer processes. The cache is shared by all partitions of the
+process, so copies spread by a round-robin partitioner are caught too as long as one
+process owns those partitions (the embedded default).
 
-The cache keeps about ``window`` click_ids per partition (generations of sets, the oldest
-dropped whole). When a partition is (re)assigned, or its offsets jump, the click_ids of the
-``window`` records before the chunk are reloaded from ``ad_clicks_raw`` (it stores the
-partition and offset of each click). Copies further apart than the window are not caught
-online; ``clickflow adclicks backfill`` counts distinct click_ids and reports them.
+The cache maps each recent click_id to where it was first seen (partition, offset). When a
+partition is new to the process or its offsets jump (start, crash, rebalance), the last
+``window`` clicks of *every* partition are reloaded from ``ad_clicks_raw``, including the
+ones written ahead of the committed offset just before a crash. A copy from elsewhere of a
+click_id found there is a *duplicate* and dropped. The very same record read again is a
+*replay*: in exactly-once mode it is written again in its recorded chunk with the same
+token (ClickHouse drops the repeat per table, and fills the view if the crash fell between
+the raw part and the view's part); in at-least-once mode it is dropped, so at-least-once
+delivery plus this dedup still counts each click once.
+
+Copies further apart than the window are not caught online; ``clickflow adclicks backfill``
+counts distinct click_ids from the raw store and reports / corrects the difference.
 """
 
 from __future__ import annotations
@@ -20,37 +27,50 @@ from collections.abc import Iterable
 
 from clickhouse_connect.driver.client import Client
 
+_OFFSET_BITS = 40
+
+
+def origin(partition: int, offset: int) -> int:
+    return partition << _OFFSET_BITS | offset
+
 
 class SeenClicks:
+    """click_id -> origin, in generations of dicts (the oldest is dropped whole)."""
+
     def __init__(self, capacity: int, generations: int = 4) -> None:
         self._gen_size = max(1, capacity // generations)
-        self._generations: deque[set[str]] = deque([set()], maxlen=generations)
+        self._generations: deque[dict[str, int]] = deque([{}], maxlen=generations)
 
-    def __contains__(self, click_id: str) -> bool:
-        for g in self._generations:
-            if click_id in g:
-                return True
-        return False
+    def get(self, click_id: str) -> int | None:
+        for g in reversed(self._generations):
+            o = g.get(click_id)
+            if o is not None:
+                return o
+        return None
 
     def __len__(self) -> int:
         return sum(len(g) for g in self._generations)
 
-    def add_all(self, click_ids: Iterable[str]) -> None:
+    def add(self, items: Iterable[tuple[str, int]]) -> None:
         current = self._generations[-1]
-        for cid in click_ids:
-            current.add(cid)
+        for cid, o in items:
+            current[cid] = o
             if len(current) >= self._gen_size:
-                current = set()
+                current = {}
                 self._generations.append(current)  # maxlen drops the oldest
 
 
-def load_recent(client: Client, partition: int, before_offset: int, window: int) -> list[str]:
-    """click_ids stored from ``partition`` in the ``window`` offsets before ``before_offset``."""
-    if before_offset <= 0:
-        return []
-    rows = client.query(
-        "SELECT click_id FROM ad_clicks_raw WHERE kafka_partition = {p:UInt16} "
-        "AND kafka_offset >= {lo:UInt64} AND kafka_offset < {hi:UInt64}",
-        parameters={"p": partition, "lo": max(0, before_offset - window), "hi": before_offset},
-    ).result_rows
-    return [r[0] for r in rows]
+RECENT_SQL = """
+SELECT click_id, kafka_partition, kafka_offset FROM ad_clicks_raw
+WHERE ingest_ms >= {since:Int64}
+ORDER BY kafka_offset DESC
+LIMIT {window:UInt64} BY kafka_partition
+"""
+
+
+def load_recent(client: Client, since_ms: int, window: int) -> list[tuple[str, int]]:
+    """The last ``window`` clicks of each partition written since ``since_ms`` (Kafka time),
+    oldest first, as (click_id, origin)."""
+    rows = client.query(RECENT_SQL, parameters={"since": since_ms, "window": window}).result_rows
+    rows.sort(key=lambda r: r[2])
+    return [(cid, origin(int(p), int(o))) for cid, p, o in rows]

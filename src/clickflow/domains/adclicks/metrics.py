@@ -6,6 +6,10 @@ from prometheus_client import Counter, Gauge
 
 CLICKS = Counter("clickflow_adclicks_clicks", "Clicks accepted and counted (first copy)")
 DUPLICATES = Counter("clickflow_adclicks_duplicates", "Copies of an already counted click_id")
+REPLAYS = Counter(
+    "clickflow_adclicks_replays",
+    "Records read again after a crash or rebalance whose click was already written",
+)
 LATE = Counter(
     "clickflow_adclicks_late_events",
     "Clicks older than their partition's watermark (counted anyway: they correct aggregates)",

@@ -24,7 +24,7 @@ from collections import deque
 from clickflow.config import Settings
 from clickflow.domains.adclicks import metrics
 from clickflow.domains.adclicks.config import AdClicksConfig
-from clickflow.domains.adclicks.dedup import SeenClicks, load_recent
+from clickflow.domains.adclicks.dedup import SeenClicks, load_recent, origin
 from clickflow.domains.adclicks.events import (
     RAW_COLUMNS,
     RawRow,
@@ -32,8 +32,8 @@ from clickflow.domains.adclicks.events import (
     decode_click,
     encode_rows,
 )
-from clickflow.domains.adclicks.watermark import MINUTE_MS, load_partition_max, save_watermarks
-from clickflow.kafka.consumer import Batch, Chunk
+from clickflow.domains.adclicks.watermark import MINUTE_MS, load_partition_maxima, save_watermarks
+from clickflow.kafka.consumer import Batch, Chunk, Delivery
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.logs import log_fields
@@ -50,9 +50,20 @@ TP = tuple[str, int]
 
 
 class AdClicksHandler:
-    def __init__(self, settings: Settings, config: AdClicksConfig) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config: AdClicksConfig,
+        delivery: Delivery = Delivery.EXACTLY_ONCE,
+    ) -> None:
         self.settings = settings
         self.config = config
+        # Exactly-once: a record read again after a crash is re-inserted in its recorded chunk
+        # with the same token, so each table (and the view behind it) ends with it exactly
+        # once, even if the crash fell between the raw part and the view's part.
+        # At-least-once: chunks are re-formed after a crash, so a record already written is
+        # dropped instead (dedup turns at-least-once into counted-once).
+        self.rewrite_replays = delivery is Delivery.EXACTLY_ONCE
         self.lateness_ms = int(config.allowed_lateness_s * 1000)
         self.max_future_ms = int(config.max_future_s * 1000)
         self.seen = SeenClicks(config.dedup_window * config.partitions)
@@ -63,19 +74,19 @@ class AdClicksHandler:
 
     # -- state -------------------------------------------------------------------------------
 
-    def _warm(self, chunk: Chunk) -> None:
-        """The partition is new to this process, or its offsets jumped (rebalance, crash)."""
+    def _warm(self, batch: Batch) -> None:
+        """Some partition is new to this process or its offsets jumped (start, crash,
+        rebalance): reload the recent click_ids of every partition and the watermarks."""
         client = clickhouse_client(self.settings)
-        ids = load_recent(client, chunk.partition, chunk.first_offset, self.config.dedup_window)
-        self.seen.add_all(ids)
-        mx = load_partition_max(client, chunk.topic, chunk.partition)
-        if mx is not None:
-            self.max_event[chunk.partition] = max(self.max_event.get(chunk.partition, mx), mx)
+        first_ts = [c.messages[0].timestamp()[1] for c in batch.chunks]
+        since = min(first_ts) - int(self.config.dedup_horizon_s * 1000)
+        items = load_recent(client, since, self.config.dedup_window)
+        self.seen.add(items)
+        for p, mx in load_partition_maxima(client, self.config.topic).items():
+            self.max_event[p] = max(self.max_event.get(p, mx), mx)
         log.info(
             "dedup cache warmed",
-            extra=log_fields(
-                partition=chunk.partition, from_offset=chunk.first_offset, click_ids=len(ids)
-            ),
+            extra=log_fields(pipeline="adclicks", click_ids=len(items), since_ms=since),
         )
 
     def _mark_done(self, token: str) -> None:
@@ -90,13 +101,17 @@ class AdClicksHandler:
         client = clickhouse_client(self.settings)
         letters: list[DeadLetter] = []
         touched: set[int] = set()
+        if any(
+            self._next_offset.get((c.topic, c.partition)) != c.first_offset
+            for c in batch.chunks
+            if c.token(batch.group) not in self._done_set
+        ):
+            self._warm(batch)
         for chunk in batch.chunks:
             token = chunk.token(batch.group)
             if token in self._done_set:  # a retried batch: this chunk is already written
                 continue
             tp = (chunk.topic, chunk.partition)
-            if self._next_offset.get(tp) != chunk.first_offset:
-                self._warm(chunk)
             rows, chunk_letters, max_ms, stats = self._rows(chunk)
             if rows:
                 client.raw_insert(
@@ -107,7 +122,7 @@ class AdClicksHandler:
                     settings={"insert_deduplication_token": token, **DEDUP_INSERT_SETTINGS},
                 )
             # Written: now the chunk's effects on the in-memory state are real.
-            self.seen.add_all(r.click_id for r in rows)
+            self.seen.add((r.click_id, origin(r.kafka_partition, r.kafka_offset)) for r in rows)
             if max_ms is not None:
                 self.max_event[chunk.partition] = max_ms
                 touched.add(chunk.partition)
@@ -131,6 +146,7 @@ class AdClicksHandler:
         now_ms = int(time.time() * 1000)
         seen = self.seen
         fresh: set[str] = set()
+        get = seen.get
         rows: list[RawRow] = []
         letters: list[DeadLetter] = []
         partition = chunk.partition
@@ -139,7 +155,7 @@ class AdClicksHandler:
         final_end = None
         if len(self.max_event) >= self.config.partitions:
             final_end = (min(self.max_event.values()) - lateness) // MINUTE_MS * MINUTE_MS
-        dups = late = late_final = 0
+        dups = replays = late = late_final = 0
         rejected: dict[str, int] = {}
         for m in chunk.messages:
             try:
@@ -149,9 +165,17 @@ class AdClicksHandler:
                 rejected[e.kind] = rejected.get(e.kind, 0) + 1
                 continue
             cid = c.click_id
-            if cid in fresh or cid in seen:
+            if cid in fresh:
                 dups += 1
                 continue
+            first = get(cid)
+            if first is not None:
+                if first != origin(partition, m.offset()):
+                    dups += 1  # a copy of a click already written
+                    continue
+                replays += 1  # the same record read again after a crash / rebalance
+                if not self.rewrite_replays:
+                    continue
             fresh.add(cid)
             ts = c.click_timestamp
             if max_ms is None or ts > max_ms:
@@ -175,13 +199,15 @@ class AdClicksHandler:
                     m.timestamp()[1],
                 )
             )
-        return rows, letters, max_ms, (dups, late, late_final, rejected)
+        return rows, letters, max_ms, (dups, replays, late, late_final, rejected)
 
     def _observe(self, chunk: Chunk, accepted: int, stats: tuple) -> None:
-        dups, late, late_final, rejected = stats
+        dups, replays, late, late_final, rejected = stats
         metrics.CLICKS.inc(accepted)
         if dups:
             metrics.DUPLICATES.inc(dups)
+        if replays:
+            metrics.REPLAYS.inc(replays)
         if late:
             metrics.LATE.inc(late)
         if late_final:
@@ -200,7 +226,7 @@ def pipeline_spec(config: AdClicksConfig | None = None) -> PipelineSpec:
         name="adclicks",
         topics=[TopicSpec(cfg.topic, cfg.partitions)],
         store="clickhouse",
-        build_handler=lambda settings, _opts: AdClicksHandler(settings, cfg),
+        build_handler=lambda settings, opts: AdClicksHandler(settings, cfg, opts.delivery),
         build_intent_log=ClickHouseIntentLog,
         default_options=PipelineOptions(),
     )

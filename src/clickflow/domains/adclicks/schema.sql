@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS ad_clicks_raw
     click_time DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(click_timestamp, 'UTC'),
     INDEX user_idx user_id TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX ip_idx ip TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX offset_idx kafka_offset TYPE minmax GRANULARITY 1
+    INDEX ingest_idx ingest_ms TYPE minmax GRANULARITY 1
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMMDD(click_time)

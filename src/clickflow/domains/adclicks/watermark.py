@@ -42,15 +42,14 @@ def read_finality(client: Client, topic: str, partitions: int) -> Finality:
     return Finality(wm, len(marks), expected)
 
 
-def load_partition_max(client: Client, topic: str, partition: int) -> int | None:
+def load_partition_maxima(client: Client, topic: str) -> dict[int, int]:
+    """partition -> the largest click time it has delivered so far (persisted)."""
     rows = client.query(
-        "SELECT max(max_event_ms), count() FROM ad_clicks_watermarks "
-        "WHERE topic = {topic:String} AND kafka_partition = {p:UInt16}",
-        parameters={"topic": topic, "p": partition},
+        "SELECT kafka_partition, max(max_event_ms) FROM ad_clicks_watermarks "
+        "WHERE topic = {topic:String} GROUP BY kafka_partition",
+        parameters={"topic": topic},
     ).result_rows
-    if not rows or not rows[0][1]:
-        return None
-    return int(rows[0][0])
+    return {int(p): int(mx) for p, mx in rows}
 
 
 def save_watermarks(

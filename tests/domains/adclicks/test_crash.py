@@ -1,0 +1,118 @@
+"""A consumer SIGKILLed mid-stream: after a restart every click is counted exactly once.
+
+The pipeline runs as `python -m clickflow process adclicks` with its own chDB directory
+(the pytest process owns another one), and the results are read back in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from clickflow.config import Settings
+from clickflow.kafka.config import consumer_config
+from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
+
+from .streams import make_stream, produce
+
+READER = """
+import orjson
+from clickflow.config import Settings
+from clickflow.stores.clickhouse import clickhouse_client
+ch = clickhouse_client(Settings())
+per_ad = ch.query("SELECT ad_id, sum(clicks) FROM ad_clicks_minute GROUP BY ad_id").result_rows
+raw = ch.query("SELECT count(), uniqExact(click_id) FROM ad_clicks_raw").result_rows[0]
+print(orjson.dumps({"per_ad": {a: int(c) for a, c in per_ad}, "raw": list(raw)}).decode())
+"""
+
+
+def _committed(watcher: Consumer, topic: str) -> int:
+    parts = [TopicPartition(topic, p) for p in range(4)]
+    return sum(max(tp.offset, 0) for tp in watcher.committed(parts, timeout=10))
+
+
+def _wait_committed(watcher, topic, proc, target: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    done = 0
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the pipeline process died"
+        done = _committed(watcher, topic)
+        if done >= target:
+            return done
+        time.sleep(0.05)
+    raise AssertionError(f"only {done}/{target} records committed in {timeout}s")
+
+
+def test_sigkill_mid_stream_loses_and_double_counts_nothing(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    topic = f"adclicks-kill-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "CLICKFLOW_DATA_DIR": str(tmp_path / "data"),
+        "CLICKFLOW_CLICKHOUSE_DSN": f"chdb:///{tmp_path / 'clickhouse'}",
+        "CLICKFLOW_CLICKHOUSE_DATABASE": "clickflow",
+        "CLICKFLOW_KAFKA_BOOTSTRAP": base_settings.kafka_bootstrap,
+        "CLICKFLOW_ADCLICKS_TOPIC": topic,
+        "CLICKFLOW_LOG_LEVEL": "WARNING",
+    }
+    cmd = [sys.executable, "-m", "clickflow", "process", "adclicks"]
+    cmd += ["--records", "400", "--seconds", "0.2"]
+    ensure_topics(
+        base_settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)]
+    )
+    stream = make_stream(30_000, seed=99, topic=topic, copy_share=0.05)
+    total = sum(produce(base_settings, topic, stream.sends).values())
+    assert total == len(stream.sends)
+
+    watcher = Consumer(consumer_config(base_settings, "clickflow-adclicks"))
+    log = open(tmp_path / "process.log", "wb")
+    first = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        killed_at = _wait_committed(watcher, topic, first, total // 3, timeout=45)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert killed_at < total, "the stream was over before the kill"
+
+    second = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        _wait_committed(watcher, topic, second, total, timeout=45)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(20)
+        watcher.close()
+
+    out = subprocess.run(
+        [sys.executable, "-c", READER], env=env, capture_output=True, timeout=60, check=True
+    )
+    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    truth = Counter(t["ad_id"] for t in stream.valid.values())
+    assert result["raw"] == [len(stream.valid), len(stream.valid)]
+    assert result["per_ad"] == dict(truth)
+
+    # The backfill command agrees: nothing to correct.
+    start, end = stream.span_ms
+    backfill = subprocess.run(
+        [sys.executable, "-m", "clickflow", "adclicks", "backfill", "--dry-run", "--json"]
+        + ["--from", datetime.fromtimestamp(start / 1000, UTC).isoformat()]
+        + ["--to", str(end // 1000)],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(backfill.stdout.decode().strip().splitlines()[-1])
+    assert report["differences"] == 0 and report["raw_clicks"] == len(stream.valid)
