@@ -56,13 +56,19 @@ def main() -> None:
         settings = Settings(kafka_bootstrap=bootstrap)
         topic = "bench-consumer"
         ensure_topics(bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)])
-        value = orjson.dumps({
-            "page_id": "/catalog/123", "user_id": "u0123456789ab", "view_duration_ms": 123456,
-            "timestamp": "2026-11-24T04:40:11.996Z",
-            "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, "
-                          "like Gecko) Chrome/131.0.0.0 Safari/537.36 " + "x" * 90,
-            "ip_address": "203.0.113.77", "region": "eu-west", "is_bounce": False,
-        })
+        value = orjson.dumps(
+            {
+                "page_id": "/catalog/123",
+                "user_id": "u0123456789ab",
+                "view_duration_ms": 123456,
+                "timestamp": "2026-11-24T04:40:11.996Z",
+                "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, "
+                "like Gecko) Chrome/131.0.0.0 Safari/537.36 " + "x" * 90,
+                "ip_address": "203.0.113.77",
+                "region": "eu-west",
+                "is_bounce": False,
+            }
+        )
         producer = EventProducer(producer_config(settings, **{"linger.ms": 20}))
         t0 = time.perf_counter()
         for i in range(args.records):
@@ -73,7 +79,9 @@ def main() -> None:
         produce_s = time.perf_counter() - t0
         sink = NoopSink()
         consumer = BatchConsumer(
-            name="bench", topics=[topic], handler=sink,
+            name="bench",
+            topics=[topic],
+            handler=sink,
             consumer_conf=consumer_config(settings, "bench-group"),
             dlq_producer=producer,
             trigger=BatchTrigger(max_records=args.batch, max_seconds=1.0),

@@ -1,0 +1,199 @@
+"""Page-view pipeline: sustained events/s from the broker to queryable rollups (at-least-once
+and exactly-once), and freshness (p99 send -> visible in the minute rollup at 1,000 ev/s,
+hybrid mode X = 1 s). Goals: >= 100k events/s; p99 freshness < 2 s."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import embedded_broker, load_average, machine, today  # noqa: E402
+
+from clickflow.config import Settings  # noqa: E402
+from clickflow.domains.pageviews.pipeline import PageViewHandler  # noqa: E402
+from clickflow.domains.pageviews.traffic import PageViewFactory  # noqa: E402
+from clickflow.generator.engine import Engine, GeneratorOptions, Mix  # noqa: E402
+from clickflow.generator.modes import RateModel  # noqa: E402
+from clickflow.kafka.config import consumer_config, producer_config  # noqa: E402
+from clickflow.kafka.consumer import Batch, BatchConsumer, BatchTrigger, Delivery  # noqa: E402
+from clickflow.kafka.producer import EventProducer  # noqa: E402
+from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics  # noqa: E402
+from clickflow.migrations import migrate_clickhouse  # noqa: E402
+from clickflow.runtime.redis_server import start_redis  # noqa: E402
+from clickflow.stores.clickhouse import ClickHouseIntentLog, clickhouse_client  # noqa: E402
+
+
+class _Ts(msgspec.Struct):
+    timestamp: str
+
+
+class FreshnessProbe:
+    """Wraps the handler: when handle() returns, the batch is in the minute rollup."""
+
+    def __init__(self, inner: PageViewHandler) -> None:
+        self.inner = inner
+        self.lags: list[float] = []
+        self.decoder = msgspec.json.Decoder(_Ts)
+
+    def handle(self, batch: Batch):
+        letters = self.inner.handle(batch)
+        done = time.time()
+        bad = {id(d.message) for d in letters}
+        from datetime import datetime
+
+        for m in batch.messages():
+            if id(m) in bad:
+                continue
+            ts = datetime.fromisoformat(self.decoder.decode(m.value()).timestamp)
+            self.lags.append(done - ts.timestamp())
+        return letters
+
+
+def fill(settings: Settings, topic: str, count: int) -> None:
+    engine = Engine(
+        settings,
+        PageViewFactory(topic=topic),
+        "bench",
+        RateModel("fixed", 10**7),
+        Mix(0.0, 0.0),
+        GeneratorOptions(pattern="batch", batch_size=20000),
+    )
+    engine.run(count=count)
+    engine.close()
+
+
+def throughput(settings: Settings, count: int, delivery: Delivery) -> float:
+    topic = f"bench-pv-{delivery.value}"
+    ensure_topics(settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic))])
+    print(f"  producing {count:,} page views to {topic} ...", flush=True)
+    fill(settings, topic, count)
+    handler = PageViewHandler(settings)
+    consumer = BatchConsumer(
+        name=f"bench-{delivery.value}",
+        topics=[topic],
+        handler=handler,
+        consumer_conf=consumer_config(settings, f"bench-{topic}"),
+        dlq_producer=EventProducer(producer_config(settings)),
+        trigger=BatchTrigger(max_records=10_000, max_seconds=1.0),
+        delivery=delivery,
+        intent_log=ClickHouseIntentLog(settings) if delivery is Delivery.EXACTLY_ONCE else None,
+    )
+    th = threading.Thread(target=consumer.run, daemon=True)
+    th.start()
+    consumer.ready.wait(60)
+    while consumer.stats.records == 0:
+        time.sleep(0.001)
+    t0 = time.perf_counter()
+    first = consumer.stats.records
+    ch = clickhouse_client(settings)
+    while (
+        consumer.stats.commits == 0
+        or consumer.stats.records < count
+        or (consumer._buffer or consumer._held)
+    ):
+        time.sleep(0.01)
+    # Wait for the last commit of the last batch.
+    last_commits = -1
+    while last_commits != consumer.stats.commits:
+        last_commits = consumer.stats.commits
+        time.sleep(0.3)
+    elapsed = time.perf_counter() - t0 - 0.3
+    consumer.stop()
+    th.join(30)
+    n = ch.command("SELECT sum(v) FROM (SELECT sumMerge(view_count) v FROM page_views_agg_minute)")
+    print(f"  rollup holds {int(n):,} views")
+    return (count - first) / elapsed
+
+
+def freshness(settings: Settings, seconds: float) -> tuple[float, float, int]:
+    topic = "bench-pv-fresh"
+    ensure_topics(settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic))])
+    probe = FreshnessProbe(PageViewHandler(settings))
+    consumer = BatchConsumer(
+        name="bench-fresh",
+        topics=[topic],
+        handler=probe,
+        consumer_conf=consumer_config(settings, "bench-fresh"),
+        dlq_producer=EventProducer(producer_config(settings)),
+        trigger=BatchTrigger(max_records=10_000, max_seconds=1.0),
+        delivery=Delivery.EXACTLY_ONCE,
+        intent_log=ClickHouseIntentLog(settings),
+    )
+    th = threading.Thread(target=consumer.run, daemon=True)
+    th.start()
+    consumer.ready.wait(60)
+    engine = Engine(
+        settings,
+        PageViewFactory(topic=topic),
+        "bench-fresh",
+        RateModel("fixed", 1000),
+        Mix(0.0, 0.0),
+        GeneratorOptions(pattern="async"),
+    )
+    engine.run(duration=seconds)
+    engine.close()
+    time.sleep(2.5)
+    consumer.stop()
+    th.join(30)
+    lags = sorted(probe.lags)
+    p50 = lags[len(lags) // 2]
+    p99 = lags[int(len(lags) * 0.99) - 1]
+    return p50, p99, len(lags)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--fresh-seconds", type=float, default=30.0)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="clickflow-bench-pv-"))
+    os.environ["TMPDIR"] = str(tmp)  # chDB writes insert data to $TMPDIR
+    redis_proc, redis_url = start_redis(tmp / "redis")
+    try:
+        with embedded_broker() as bootstrap:
+            settings = Settings(
+                kafka_bootstrap=bootstrap,
+                redis_url=redis_url,
+                clickhouse_dsn=f"chdb:///{tmp / 'ch'}",
+                clickhouse_database="bench_alo",
+            )
+            migrate_clickhouse(settings, ["pageviews"])
+            alo = throughput(settings, args.events, Delivery.AT_LEAST_ONCE)
+            print(f"at-least-once: {alo:,.0f} events/s")
+            settings = settings.model_copy(update={"clickhouse_database": "bench_eo"})
+            migrate_clickhouse(settings, ["pageviews"])
+            eo = throughput(settings, args.events, Delivery.EXACTLY_ONCE)
+            print(f"exactly-once:  {eo:,.0f} events/s")
+            settings = settings.model_copy(update={"clickhouse_database": "bench_fresh"})
+            migrate_clickhouse(settings, ["pageviews"])
+            p50, p99, n = freshness(settings, args.fresh_seconds)
+            print(
+                f"freshness at 1,000 ev/s, hybrid X=1 s: p50 {p50:.3f} s, p99 {p99:.3f} s "
+                f"({n:,} events)"
+            )
+    finally:
+        os.killpg(redis_proc.pid, signal.SIGTERM)
+    m = f"{machine()}, {load_average()}"
+    print(f"machine: {m}, {today()}")
+    (Path(__file__).parent / "results" / "pageviews.md").write_text(
+        "| figure | goal | value | machine | date |\n|---|---|---|---|---|\n"
+        f"| page views broker -> rollups, at-least-once ({args.events:,} events) | >= 100,000 ev/s "
+        f"| {alo:,.0f} ev/s | {m} | {today()} |\n"
+        f"| page views broker -> rollups, exactly-once ({args.events:,} events) | >= 100,000 ev/s "
+        f"| {eo:,.0f} ev/s | {m} | {today()} |\n"
+        f"| freshness send -> minute rollup, p99 at 1,000 ev/s, hybrid X=1 s | < 2 s "
+        f"| p99 {p99:.2f} s (p50 {p50:.2f} s) | {m} | {today()} |\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
