@@ -23,7 +23,7 @@ def test_valid_events_decode_and_page_views_pair_up() -> None:
         kinds.add(rec.event)
         assert ev.key == rec.user_id.encode()
         if rec.event.startswith("page_view"):
-            halves.setdefault((rec.user_id, rec.data["page_view_id"]), []).append(rec.event[10:])
+            halves.setdefault((rec.user_id, rec.data.page_view_id), []).append(rec.event[10:])
     assert kinds == {
         "element_click", "page_view_start", "page_view_end",
         "quality_change", "video_complete", "search_filter",

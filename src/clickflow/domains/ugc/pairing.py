@@ -27,7 +27,7 @@ crash by the consumer framework's intent log) is handled as one unit, in this or
 1. ``plan``: read the hashes of the chunk's page views; compute, from that state and the
    chunk alone, the page_view rows and the Redis mutations. Pure and deterministic.
 2. insert the rows into ClickHouse with the chunk's deduplication token;
-3. ``apply``: the mutations, in one MULTI/EXEC (all or nothing): store unpaired halves,
+3. ``apply``: the mutations, in one atomic Lua script: store unpaired halves,
    replace paired hashes by tombstones, update ``pv:pending``;
 4. the framework commits the offsets.
 
@@ -72,6 +72,42 @@ log = logging.getLogger("clickflow.ugc.pairing")
 START = "s"
 END = "e"
 DONE = "d"
+
+
+# Both scripts run atomically in Redis, one round trip per chunk whatever its size; their
+# input is one JSON argument (cheap to send from Python; keys are exact JSON strings).
+# READ: for the keys that hold anything, (index, start, end, done) flattened.
+READ_SCRIPT = """
+local out = {}
+for i, k in ipairs(cjson.decode(ARGV[1])) do
+  local v = redis.call('HMGET', k, 's', 'e', 'd')
+  if v[1] or v[2] or v[3] then
+    out[#out + 1] = i
+    out[#out + 1] = v[1] or ''
+    out[#out + 1] = v[2] or ''
+    out[#out + 1] = v[3] or ''
+  end
+end
+return out
+"""
+# APPLY: KEYS[1] the pending set; ARGV[1] {now, half_ttl, done_ttl, store: [[key, field,
+# half], ...], done: [key, ...]}.
+APPLY_SCRIPT = """
+local pending = KEYS[1]
+local p = cjson.decode(ARGV[1])
+for _, s in ipairs(p.store) do
+  redis.call('HSETNX', s[1], s[2], s[3])
+  redis.call('EXPIRE', s[1], p.half_ttl)
+  redis.call('ZADD', pending, 'NX', p.now, s[1])
+end
+for _, k in ipairs(p.done) do
+  redis.call('DEL', k)
+  redis.call('HSET', k, 'd', 'p')
+  redis.call('EXPIRE', k, p.done_ttl)
+  redis.call('ZREM', pending, k)
+end
+return #p.store + #p.done
+"""
 
 
 @dataclass(slots=True)
@@ -141,6 +177,8 @@ class PageViewPairing:
         self.sweep_key = f"{p}sweep"
         self.lease_key = f"{p}sweep:lease"
         self._lease_id = uuid.uuid4().hex
+        self._read = client.register_script(READ_SCRIPT)
+        self._apply = client.register_script(APPLY_SCRIPT)
 
     def key(self, user_id: str, page_view_id: str) -> str:
         return f"{self.config.redis_prefix}{page_view_id}.{user_id}"
@@ -160,25 +198,27 @@ class PageViewPairing:
             else:
                 slot[h.kind] = h
         keys = list(first)
-        pipe = self.r.pipeline(transaction=False)
+        flat: list = self._read(args=[orjson.dumps(keys)])
+        states: dict[str, tuple[bytes, bytes, bytes]] = {
+            keys[int(flat[j]) - 1]: (flat[j + 1], flat[j + 2], flat[j + 3])
+            for j in range(0, len(flat), 4)
+        }
+        empty = (b"", b"", b"")
         for k in keys:
-            pipe.hgetall(k)
-        states: list[dict[bytes, bytes]] = pipe.execute()
-        for k, state in zip(keys, states, strict=True):
             mine = first[k]
-            done = state.get(b"d")
-            if done is not None:
+            stored_s, stored_e, done = states.get(k, empty)
+            if done:
                 n = len(mine)
                 if done == b"o" and END in mine:
                     plan.late += 1
                     n -= 1
                 plan.duplicates += n
                 continue
-            stored = {
-                kind: Half.loads(kind, state[kind.encode()])
-                for kind in (START, END)
-                if kind.encode() in state
-            }
+            stored: dict[str, Half] = {}
+            if stored_s:
+                stored[START] = Half.loads(START, stored_s)
+            if stored_e:
+                stored[END] = Half.loads(END, stored_e)
             for kind in list(mine):
                 if kind in stored:
                     plan.duplicates += 1  # a re-send, or this very half after a replay
@@ -194,26 +234,18 @@ class PageViewPairing:
         return plan
 
     def apply(self, plan: PairingPlan) -> None:
-        """The plan's Redis mutations, all or nothing (MULTI/EXEC); idempotent."""
+        """The plan's Redis mutations in one atomic script; idempotent."""
         if not plan.store and not plan.done:
             return
         cfg = self.config
-        now_ms = int(time.time() * 1000)
-        pipe = self.r.pipeline(transaction=True)
-        pending: dict[str, int] = {}
-        for k, h in plan.store:
-            pipe.hsetnx(k, h.kind, h.dumps())
-            pipe.expire(k, cfg.half_ttl_seconds)
-            pending[k] = now_ms
-        if pending:
-            pipe.zadd(self.pending_key, pending, nx=True)
-        for k in plan.done:
-            pipe.delete(k)
-            pipe.hset(k, DONE, "p")
-            pipe.expire(k, cfg.tombstone_ttl_seconds)
-        if plan.done:
-            pipe.zrem(self.pending_key, *plan.done)
-        pipe.execute()
+        payload = {
+            "now": int(time.time() * 1000),
+            "half_ttl": cfg.half_ttl_seconds,
+            "done_ttl": cfg.tombstone_ttl_seconds,
+            "store": [(k, h.kind, h.dumps().decode()) for k, h in plan.store],
+            "done": plan.done,
+        }
+        self._apply(keys=[self.pending_key], args=[orjson.dumps(payload)])
 
     # -- orphans ------------------------------------------------------------------------------
 

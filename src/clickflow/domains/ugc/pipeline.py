@@ -16,6 +16,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any, Union
 
 import msgspec
 import orjson
@@ -57,6 +58,23 @@ MAX_TS_MS = 9_999_999_999_999
 _decoder = msgspec.json.Decoder(UgcRecord)
 
 
+def _typed_record(kind: str, data: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """``UgcRecord`` with ``data`` typed for ``kind``, tagged by ``event``."""
+    fields = [(f, t) for f, t in UgcRecord.__annotations__.items() if f not in ("event", "data")]
+    return msgspec.defstruct(
+        f"{kind}_record",
+        [(f, {"str": str, "int": int}[t]) for f, t in fields] + [("data", data)],
+        tag_field="event",
+        tag=kind,
+        namespace={"event": kind},  # rec.event, as on UgcRecord
+    )
+
+
+# One pass decodes and validates the envelope and the kind's data (the kinds of events.py).
+_TYPED = {kind: _typed_record(kind, cls) for kind, cls in EVENT_KINDS.items()}
+_typed_decoder = msgspec.json.Decoder(Union[tuple(_TYPED.values())])  # noqa: UP007
+
+
 class InvalidRecord(ValueError):
     def __init__(self, reason: str, event: str = "") -> None:
         super().__init__(reason)
@@ -64,10 +82,29 @@ class InvalidRecord(ValueError):
         self.event = event
 
 
-def decode_record(value: bytes | None) -> tuple[UgcRecord, msgspec.Struct]:
-    """Decode and validate one Kafka record; raises :class:`InvalidRecord` with the reason."""
+def decode_record(value: bytes | None) -> tuple[Any, msgspec.Struct]:
+    """Decode and validate one Kafka record; raises :class:`InvalidRecord` with the reason.
+
+    Returns (record, data): ``record`` has ``event``, ``event_id``, ``user_id``, ``timestamp``
+    (epoch ms) like :class:`UgcRecord`; ``data`` is the kind's Struct."""
     if not value:
         raise InvalidRecord("empty record")
+    try:
+        rec = _typed_decoder.decode(value)
+    except msgspec.DecodeError:
+        _explain(value)  # raises the precise reason
+        raise InvalidRecord("invalid record") from None
+    if not rec.user_id or len(rec.user_id) > 128:
+        raise InvalidRecord("user_id must be 1..128 characters", rec.event)
+    if not rec.event_id or len(rec.event_id) > 128:
+        raise InvalidRecord("event_id must be 1..128 characters", rec.event)
+    if not MIN_TS_MS <= rec.timestamp <= MAX_TS_MS:
+        raise InvalidRecord(f"timestamp {rec.timestamp} is not epoch milliseconds", rec.event)
+    return rec, rec.data
+
+
+def _explain(value: bytes) -> None:
+    """The slow path for a rejected record: say what is wrong, in which part."""
     try:
         rec = _decoder.decode(value)
     except msgspec.ValidationError as e:
@@ -76,20 +113,13 @@ def decode_record(value: bytes | None) -> tuple[UgcRecord, msgspec.Struct]:
         raise InvalidRecord(f"malformed JSON: {e}") from None
     if rec.event not in EVENT_KINDS:
         raise InvalidRecord(f"unknown event kind {rec.event[:64]!r}", rec.event[:64])
-    if not rec.user_id or len(rec.user_id) > 128:
-        raise InvalidRecord("user_id must be 1..128 characters", rec.event)
-    if not rec.event_id or len(rec.event_id) > 128:
-        raise InvalidRecord("event_id must be 1..128 characters", rec.event)
-    if not MIN_TS_MS <= rec.timestamp <= MAX_TS_MS:
-        raise InvalidRecord(f"timestamp {rec.timestamp} is not epoch milliseconds", rec.event)
     try:
-        data = decode_data(rec.event, rec.data)
+        decode_data(rec.event, rec.data)
     except msgspec.ValidationError as e:
         raise InvalidRecord(f"invalid data for {rec.event}: {e}", rec.event) from None
-    return rec, data
 
 
-def event_row(rec: UgcRecord, data: msgspec.Struct) -> dict:
+def event_row(rec: Any, data: msgspec.Struct) -> dict:
     row = msgspec.structs.asdict(data)
     if rec.event == "video_complete":
         row["duration_total"] = int(row["duration_total"])
