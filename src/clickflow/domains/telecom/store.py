@@ -134,11 +134,24 @@ def add_months(d: date, n: int) -> date:
 
 
 def unique_events(events: list[TelecomEvent]) -> list[TelecomEvent]:
-    """Drop duplicates inside one batch (same key); the first one wins."""
-    seen: dict[tuple, TelecomEvent] = {}
+    """Drop duplicates inside one batch (same key); the first one wins.
+
+    Keyed on the two strings first: hashing aware datetimes is slow, and the same
+    (source_id, event_id) with another started_at is rare enough to compare by hand."""
+    seen: dict[tuple[str, str], TelecomEvent | list[TelecomEvent]] = {}
+    out: list[TelecomEvent] = []
     for e in events:
-        seen.setdefault(e.key, e)
-    return list(seen.values()) if len(seen) != len(events) else events
+        k = (e.source_id, e.event_id)
+        prev = seen.get(k)
+        if prev is None:
+            seen[k] = e
+            out.append(e)
+            continue
+        same = prev if isinstance(prev, list) else [prev]
+        if all(p.started_at != e.started_at for p in same):
+            seen[k] = [*same, e]
+            out.append(e)
+    return out
 
 
 class Partitions:
