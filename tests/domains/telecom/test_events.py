@@ -79,3 +79,20 @@ def test_the_seed_example_is_valid() -> None:
 def test_validation_rules(change: dict, reason: str) -> None:
     with pytest.raises(DecodeErrors, match=reason):
         decode(orjson.dumps({**BASE, **change}))
+
+
+def test_in_batch_dedup_uses_the_instant_not_the_text() -> None:
+    from clickflow.domains.telecom.store import unique_events
+
+    sms = {**BASE, "type": "SMS_SENT", "duration_sec": 0, "ended_at": BASE["started_at"]}
+    later = {**sms, "started_at": "2025-10-20T12:34:57Z", "ended_at": "2025-10-20T12:34:57Z"}
+    same_instant = {
+        **sms,
+        "started_at": "2025-10-20T15:34:56+03:00",
+        "ended_at": "2025-10-20T15:34:56+03:00",
+    }
+    events = [decode(orjson.dumps(e)) for e in (sms, later, sms, same_instant, later)]
+    assert [e.started_at for e in unique_events(events)] == [
+        events[0].started_at,
+        events[1].started_at,
+    ]
