@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 
 from clickflow.api.deps import ClickHouseDep, SettingsDep, require_token
+from clickflow.config import Settings
 from clickflow.domains.adclicks.config import AdClicksConfig
 from clickflow.domains.adclicks.events import AGGREGATE_DIMENSIONS, RAW_DIMENSIONS
 from clickflow.domains.adclicks.watermark import read_finality
@@ -156,73 +157,6 @@ def _uses_raw(filters: dict[str, list[str]]) -> bool:
     return any(k in RAW_DIMENSIONS for k in filters)
 
 
-# -- time ----------------------------------------------------------------------------------------
-
-
-def _utc_minute(t: datetime) -> datetime:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return t.astimezone(UTC).replace(second=0, microsecond=0)
-
-
-def _current_minute() -> datetime:
-    return _utc_minute(datetime.now(UTC))
-
-
-def _finality(client: ClickHouseDep, cfg: AdClicksConfig, to: datetime) -> tuple:
-    fin = read_finality(client, cfg.topic, cfg.partitions)
-    ms = fin.final_through_ms
-    if ms is None:
-        return None, False
-    through = datetime.fromtimestamp(ms / 1000, UTC)
-    return through, to <= through + MINUTE
-
-
-# -- routes --------------------------------------------------------------------------------------
-
-
-@router.get(
-    "/{ad_id}/aggregated_count",
-    response_model=CountAnswer,
-    summary="Clicks of one ad in [from, to), optionally filtered",
-    description="Minute granularity: `from` is rounded down to its minute, `to` too (exclusive). "
-    "Defaults: `to` = the start of the current minute, `from` = `to` - 1 minute (the last "
-    "complete minute). Times are ISO 8601 (UTC if no offset) or epoch seconds.",
-)
-def aggregated_count(
-    client: ClickHouseDep,
-    cfg: ConfigDep,
-    ad_id: Annotated[str, Path(min_length=1, max_length=64)],
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
-    filter: Annotated[str | None, Query(description=FILTER_DOC, max_length=4096)] = None,
-) -> dict:
-    end = _utc_minute(to) if to else _current_minute()
-    start = _utc_minute(from_) if from_ else end - MINUTE
-    if start >= end:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail={"field": "from", "reason": "from must be at least one minute before to"},
-        )
-    filters = parse_filter(filter)
-    params: dict[str, Any] = {"ad": ad_id, "start": start, "end": end}
-    raw = _uses_raw(filters)
-    source = "raw" if raw else "aggregate"
-    sql = with_filters(COUNT_RAW_SQL if raw else COUNT_AGGREGATE_SQL, filters, params)
-    rows = client.query(sql, parameters=params).result_rows
-    through, final = _finality(client, cfg, end)
-    return {
-        "ad_id": ad_id,
-        "from": start,
-        "to": end,
-        "filter": filters,
-        "count": int(rows[0][0]) if rows else 0,
-        "source": source,
-        "final_through": through,
-        "final": final,
-    }
-
-
 class _TtlCache:
     def __init__(self, max_entries: int = 1024) -> None:
         self._lock = threading.Lock()
@@ -247,6 +181,83 @@ class _TtlCache:
 
 
 popular_cache = _TtlCache()
+_finality_cache = _TtlCache(64)
+FINALITY_CACHE_S = 1.0  # watermarks move once per batch anyway
+
+
+# -- time ----------------------------------------------------------------------------------------
+
+
+def _utc_minute(t: datetime) -> datetime:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def _current_minute() -> datetime:
+    return _utc_minute(datetime.now(UTC))
+
+
+def _finality(
+    client: ClickHouseDep, settings: Settings, cfg: AdClicksConfig, to: datetime
+) -> tuple:
+    key = (settings.clickhouse_url, settings.clickhouse_database, cfg.topic, cfg.partitions)
+    hit = _finality_cache.get(key)
+    if hit is None:
+        fin = read_finality(client, cfg.topic, cfg.partitions)
+        hit = {"ms": fin.final_through_ms}
+        _finality_cache.put(key, FINALITY_CACHE_S, hit)
+    ms = hit["ms"]
+    if ms is None:
+        return None, False
+    through = datetime.fromtimestamp(ms / 1000, UTC)
+    return through, to <= through + MINUTE
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+@router.get(
+    "/{ad_id}/aggregated_count",
+    response_model=CountAnswer,
+    summary="Clicks of one ad in [from, to), optionally filtered",
+    description="Minute granularity: `from` is rounded down to its minute, `to` too (exclusive). "
+    "Defaults: `to` = the start of the current minute, `from` = `to` - 1 minute (the last "
+    "complete minute). Times are ISO 8601 (UTC if no offset) or epoch seconds.",
+)
+def aggregated_count(
+    client: ClickHouseDep,
+    settings: SettingsDep,
+    cfg: ConfigDep,
+    ad_id: Annotated[str, Path(min_length=1, max_length=64)],
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: datetime | None = None,
+    filter: Annotated[str | None, Query(description=FILTER_DOC, max_length=4096)] = None,
+) -> dict:
+    end = _utc_minute(to) if to else _current_minute()
+    start = _utc_minute(from_) if from_ else end - MINUTE
+    if start >= end:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail={"field": "from", "reason": "from must be at least one minute before to"},
+        )
+    filters = parse_filter(filter)
+    params: dict[str, Any] = {"ad": ad_id, "start": start, "end": end}
+    raw = _uses_raw(filters)
+    source = "raw" if raw else "aggregate"
+    sql = with_filters(COUNT_RAW_SQL if raw else COUNT_AGGREGATE_SQL, filters, params)
+    rows = client.query(sql, parameters=params).result_rows
+    through, final = _finality(client, settings, cfg, end)
+    return {
+        "ad_id": ad_id,
+        "from": start,
+        "to": end,
+        "filter": filters,
+        "count": int(rows[0][0]) if rows else 0,
+        "source": source,
+        "final_through": through,
+        "final": final,
+    }
 
 
 @router.get(
@@ -287,7 +298,7 @@ def popular_ads(
     source = "raw" if raw else "aggregate"
     sql = with_filters(POPULAR_RAW_SQL if raw else POPULAR_AGGREGATE_SQL, filters, params)
     rows = client.query(sql, parameters=params).result_rows
-    through, final = _finality(client, cfg, end)
+    through, final = _finality(client, settings, cfg, end)
     answer = {
         "from": start,
         "to": end,

@@ -29,8 +29,9 @@ SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Clicks per ad per minute per (country, device, os). Read with sum(clicks) ... GROUP BY:
 -- parts are summed in the background. clicks is signed so `backfill` can insert corrections.
--- The key starts with the hour so both "one ad over days" and "all ads over the last hour"
--- read only the granules they need.
+-- Two orders: the table's (hour first) serves "all ads over the last M minutes"
+-- (popular_ads); the projection's (ad first) serves "one ad over any range"
+-- (aggregated_count). The optimizer picks whichever reads fewer granules.
 CREATE TABLE IF NOT EXISTS ad_clicks_minute
 (
     minute DateTime('UTC'),
@@ -38,12 +39,13 @@ CREATE TABLE IF NOT EXISTS ad_clicks_minute
     country LowCardinality(String),
     device LowCardinality(String),
     os LowCardinality(String),
-    clicks Int64
+    clicks Int64,
+    PROJECTION by_ad (SELECT * ORDER BY ad_id, minute, country, device, os)
 )
 ENGINE = SummingMergeTree(clicks)
 PARTITION BY toYYYYMMDD(minute)
 ORDER BY (toStartOfHour(minute), ad_id, minute, country, device, os)
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS non_replicated_deduplication_window = 1000, deduplicate_merge_projection_mode = 'rebuild';
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS ad_clicks_minute_mv TO ad_clicks_minute AS
 SELECT
