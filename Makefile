@@ -20,6 +20,7 @@ run: $(STAMP)
 	$(BIN)/clickflow up --demo
 
 test: $(STAMP)
+	bash scripts/ensure-chromium.sh
 	$(BIN)/pytest -q -m "not chaos"
 
 lint: $(STAMP)

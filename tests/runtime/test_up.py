@@ -73,6 +73,8 @@ def test_up_serves_health_and_stops_cleanly(tmp_path: Path) -> None:
         assert second.returncode != 0
         err = second.stderr.decode()
         assert f"port {ports['kafka']}" in err and "busy" in err, err
+        assert "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith("clickflow: port"), err
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(40)

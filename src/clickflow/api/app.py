@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from clickflow.api import dashboard, pipelines
 from clickflow.config import Settings, get_settings
 from clickflow.domains import DOMAINS, domain_module
 from clickflow.health import dependency_checks, health_router
@@ -27,4 +28,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         mod = domain_module(domain, "api")
         if mod is not None and hasattr(mod, "router"):
             app.include_router(mod.router)
+    app.include_router(pipelines.router)
+    app.include_router(dashboard.router)
     return app

@@ -62,11 +62,18 @@ def generate(
             seed=seed,
         )
         steps = parse_schedule(schedule or DEMO_SCHEDULE) if (schedule or demo) else None
-        domains = available_domains() if demo else [domain]
+        factories = {}
+        for d in available_domains() if demo else [domain]:
+            try:
+                factories[d] = factory_for(d)
+            except ValueError as e:
+                if not demo:
+                    raise
+                console.print(f"[yellow]demo: skipping {d}: {e}[/]")
         engines = {
             d: Engine(
                 settings,
-                factory_for(d),
+                f,
                 d,
                 RateModel(mode=mode, rate=rate, seed=seed),
                 mix,
@@ -74,7 +81,7 @@ def generate(
                 truth if not demo else None,
                 steps,
             )
-            for d in domains
+            for d, f in factories.items()
         }
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -19,7 +19,7 @@ def factory_for(domain: str, **kwargs: object) -> EventFactory:
         return mod.factory(**kwargs)
     for _name, obj in inspect.getmembers(mod, inspect.isclass):
         if obj.__module__ == mod.__name__ and all(
-            hasattr(obj, a) for a in ("topic", "breakages", "valid", "broken")
+            hasattr(obj, a) for a in ("breakages", "valid", "broken")
         ):
             return obj(**kwargs)
     raise ValueError(f"no event factory found in {mod.__name__}")

@@ -50,6 +50,15 @@ LAST_OFFSET = Gauge(
     "clickflow_consumer_last_offset", "Last committed offset", ["pipeline", "topic", "partition"]
 )
 SINK_DOWN = Gauge("clickflow_consumer_sink_down", "1 while the handler is failing", ["pipeline"])
+LAG = Gauge(
+    "clickflow_consumer_lag",
+    "Records behind the partition end at the last commit (broker's cached high watermark; "
+    "approximate on tansu, whose high watermark lags after multi-record batches)",
+    ["pipeline", "topic", "partition"],
+)
+
+#: The latest dead letters of each pipeline in this process, for the dashboard.
+RECENT_DEAD_LETTERS: dict[str, deque[dict]] = {}
 
 TP = tuple[str, int]
 
@@ -361,6 +370,18 @@ class BatchConsumer:
         BATCHES.labels(self.name).inc()
         if letters:
             DLQ_RECORDS.labels(self.name).inc(len(letters))
+            recent = RECENT_DEAD_LETTERS.setdefault(self.name, deque(maxlen=20))
+            for d in letters[-20:]:
+                m = d.message
+                recent.append(
+                    {
+                        "time": time.time(),
+                        "reason": d.reason[:300],
+                        "topic": m.topic(),
+                        "partition": m.partition(),
+                        "offset": m.offset(),
+                    }
+                )
         BATCH_SECONDS.labels(self.name).observe(time.monotonic() - started)
         log.debug("batch", extra=log_fields(pipeline=self.name, records=n, dlq=len(letters)))
 
@@ -428,6 +449,12 @@ class BatchConsumer:
             return
         for tp in offsets:
             LAST_OFFSET.labels(self.name, tp.topic, str(tp.partition)).set(tp.offset - 1)
+            try:
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high is not None and high >= 0:
+                LAG.labels(self.name, tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
 
 
 def committed_offsets(consumer: Consumer, partitions: list[KafkaTopicPartition]) -> dict[TP, int]:

@@ -48,7 +48,10 @@ def check_ports(settings: Settings, demo: bool, embedded_kafka: bool) -> None:
 
 def up(settings: Settings, demo: bool) -> None:
     embedded_kafka = "kafka_bootstrap" not in settings.model_fields_set
-    check_ports(settings, demo, embedded_kafka)
+    try:
+        check_ports(settings, demo, embedded_kafka)
+    except RuntimeStartError as e:
+        raise SystemExit(f"clickflow: {e}") from None
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     sup = Supervisor(log_dir=data / "logs")

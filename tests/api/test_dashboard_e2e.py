@@ -1,0 +1,119 @@
+"""The dashboard in headless Chromium against `clickflow up --demo`: live, non-zero,
+changing numbers that match the query API; a screenshot is saved under test-output/."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clickflow.runtime.ports import free_port
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium(url: str, tmp: Path, *args: str) -> str:
+    assert CHROMIUM, "Debian's chromium is required (make test installs it)"
+    out = subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp / 'profile'}",
+            "--window-size=1300,1000",
+            "--virtual-time-budget=6000",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        timeout=90,
+    )
+    return out.stdout.decode()
+
+
+def _kpi(dom: str, element_id: str) -> int:
+    m = re.search(rf'id="{element_id}">([^<]*)<', dom)
+    assert m, f"#{element_id} not in the page"
+    return int(m.group(1)) if m.group(1).strip().isdigit() else -1
+
+
+@pytest.mark.slow
+def test_dashboard_shows_live_numbers_matching_the_api(tmp_path: Path) -> None:
+    ports = {n: free_port() for n in ("api", "collector", "generator", "auth", "grpc", "kafka")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKFLOW_")}
+    env.update(
+        {
+            "CLICKFLOW_DATA_DIR": str(tmp_path / "data"),
+            "CLICKFLOW_API_PORT": str(ports["api"]),
+            "CLICKFLOW_COLLECTOR_PORT": str(ports["collector"]),
+            "CLICKFLOW_GENERATOR_PORT": str(ports["generator"]),
+            "CLICKFLOW_AUTH_PORT": str(ports["auth"]),
+            "CLICKFLOW_GRPC_PORT": str(ports["grpc"]),
+            "CLICKFLOW_KAFKA_EMBEDDED_PORT": str(ports["kafka"]),
+        }
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "clickflow", "up", "--demo"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    api = f"http://127.0.0.1:{ports['api']}"
+    try:
+        deadline = time.monotonic() + 90
+        views = 0
+        while views == 0:
+            assert time.monotonic() < deadline, "no page views reached the API"
+            assert up.poll() is None
+            try:
+                views = httpx.get(f"{api}/v1/pageviews/totals", timeout=5).json()["views"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(1)
+        # Speed the demo up so numbers change between two looks.
+        httpx.post(
+            f"http://127.0.0.1:{ports['generator']}/control",
+            json={"domain": "pageviews", "rate": 200},
+            timeout=5,
+        )
+        seen = []
+        for _ in range(2):
+            before = httpx.get(f"{api}/v1/pageviews/totals", timeout=5).json()["views"]
+            dom = _chromium(f"{api}/#pageviews", tmp_path, "--dump-dom")
+            after = httpx.get(f"{api}/v1/pageviews/totals", timeout=5).json()["views"]
+            shown = _kpi(dom, "pv-views")
+            assert 0 < before <= shown <= after, (before, shown, after)
+            m = re.search(r'id="pv-chart"[^>]*data-points="(\d+)"', dom) or re.search(
+                r'data-points="(\d+)"[^>]*id="pv-chart"', dom
+            )
+            assert m and int(m.group(1)) > 0, "the chart has no points"
+            seen.append(shown)
+            time.sleep(3)
+        assert seen[1] > seen[0], f"numbers did not change: {seen}"
+        OUTPUT.mkdir(exist_ok=True)
+        for tab in ("pageviews", "pipelines"):
+            shot = OUTPUT / f"dashboard-{tab}.png"
+            _chromium(f"{api}/#{tab}", tmp_path, f"--screenshot={shot}")
+            assert shot.stat().st_size > 10_000
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(40)
