@@ -23,7 +23,6 @@ counts distinct click_ids from the raw store and reports / corrects the differen
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 
 from clickhouse_connect.driver.client import Client
 
@@ -51,9 +50,14 @@ class SeenClicks:
     def __len__(self) -> int:
         return sum(len(g) for g in self._generations)
 
-    def add(self, items: Iterable[tuple[str, int]]) -> None:
+    def add(self, items: dict[str, int]) -> None:
+        """Add click_id -> origin entries (in the order given: oldest first)."""
         current = self._generations[-1]
-        for cid, o in items:
+        room = self._gen_size - len(current)
+        if len(items) <= room:
+            current.update(items)
+            return
+        for cid, o in items.items():
             current[cid] = o
             if len(current) >= self._gen_size:
                 current = {}
@@ -68,9 +72,9 @@ LIMIT {window:UInt64} BY kafka_partition
 """
 
 
-def load_recent(client: Client, since_ms: int, window: int) -> list[tuple[str, int]]:
+def load_recent(client: Client, since_ms: int, window: int) -> dict[str, int]:
     """The last ``window`` clicks of each partition written since ``since_ms`` (Kafka time),
-    oldest first, as (click_id, origin)."""
+    oldest first, as click_id -> origin."""
     rows = client.query(RECENT_SQL, parameters={"since": since_ms, "window": window}).result_rows
     rows.sort(key=lambda r: r[2])
-    return [(cid, origin(int(p), int(o))) for cid, p, o in rows]
+    return {cid: origin(int(p), int(o)) for cid, p, o in rows}

@@ -13,11 +13,12 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+# Lengths only: regex checks cost ~1 us a field at 50k+ clicks/s. country is checked by
+# hand in decode_click; ip is kept as text (a filter attribute, never parsed).
+Id = Annotated[str, Meta(min_length=1, max_length=64)]
 UserId = Annotated[str, Meta(min_length=1, max_length=128)]
-# Loose on purpose (fast): digits, hex, dots and colons of IPv4 / IPv6 text forms.
-Ip = Annotated[str, Meta(min_length=2, max_length=45, pattern=r"^[0-9a-fA-F:.]+$")]
-Country = Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]  # ISO 3166-1 alpha-2
+Ip = Annotated[str, Meta(min_length=2, max_length=45)]
+Country = Annotated[str, Meta(min_length=2, max_length=2)]  # ISO 3166-1 alpha-2, upper case
 # 2001-09-09 .. 2286: anything else is a unit error (seconds, microseconds) or garbage.
 EpochMs = Annotated[int, Meta(ge=1_000_000_000_000, le=9_999_999_999_999)]
 
@@ -89,6 +90,9 @@ def decode_click(value: bytes | None, now_ms: int, max_future_ms: int) -> AdClic
         raise RejectedClick(f"invalid click: {e}") from None
     except msgspec.DecodeError as e:
         raise RejectedClick(f"malformed JSON: {e}", "malformed") from None
+    country = click.country
+    if not (country.isascii() and country.isalpha() and country.isupper()):
+        raise RejectedClick(f"invalid click: country {country!r} is not an ISO code like US")
     if click.click_timestamp > now_ms + max_future_ms:
         ahead = (click.click_timestamp - now_ms) / 1000
         raise RejectedClick(f"click_timestamp is {ahead:.0f}s in the future", "future")

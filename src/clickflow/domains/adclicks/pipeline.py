@@ -112,7 +112,7 @@ class AdClicksHandler:
             if token in self._done_set:  # a retried batch: this chunk is already written
                 continue
             tp = (chunk.topic, chunk.partition)
-            rows, chunk_letters, max_ms, stats = self._rows(chunk)
+            rows, fresh, chunk_letters, max_ms, stats = self._rows(chunk)
             if rows:
                 client.raw_insert(
                     "ad_clicks_raw",
@@ -122,7 +122,7 @@ class AdClicksHandler:
                     settings={"insert_deduplication_token": token, **DEDUP_INSERT_SETTINGS},
                 )
             # Written: now the chunk's effects on the in-memory state are real.
-            self.seen.add((r.click_id, origin(r.kafka_partition, r.kafka_offset)) for r in rows)
+            self.seen.add(fresh)
             if max_ms is not None:
                 self.max_event[chunk.partition] = max_ms
                 touched.add(chunk.partition)
@@ -142,14 +142,17 @@ class AdClicksHandler:
         metrics.DEDUP_CACHE.set(len(self.seen))
         return letters
 
-    def _rows(self, chunk: Chunk) -> tuple[list[RawRow], list[DeadLetter], int | None, tuple]:
+    def _rows(
+        self, chunk: Chunk
+    ) -> tuple[list[RawRow], dict[str, int], list[DeadLetter], int | None, tuple]:
         now_ms = int(time.time() * 1000)
         seen = self.seen
-        fresh: set[str] = set()
+        fresh: dict[str, int] = {}  # click_id -> origin, first copies in this chunk
         get = seen.get
         rows: list[RawRow] = []
         letters: list[DeadLetter] = []
         partition = chunk.partition
+        base = origin(partition, 0)
         max_ms = self.max_event.get(partition)
         lateness = self.lateness_ms
         final_end = None
@@ -168,15 +171,17 @@ class AdClicksHandler:
             if cid in fresh:
                 dups += 1
                 continue
+            offset = m.offset()
+            here = base | offset  # origin(partition, offset)
             first = get(cid)
             if first is not None:
-                if first != origin(partition, m.offset()):
+                if first != here:
                     dups += 1  # a copy of a click already written
                     continue
                 replays += 1  # the same record read again after a crash / rebalance
                 if not self.rewrite_replays:
                     continue
-            fresh.add(cid)
+            fresh[cid] = here
             ts = c.click_timestamp
             if max_ms is None or ts > max_ms:
                 max_ms = ts
@@ -195,11 +200,11 @@ class AdClicksHandler:
                     c.device,
                     c.os,
                     partition,
-                    m.offset(),
+                    offset,
                     m.timestamp()[1],
                 )
             )
-        return rows, letters, max_ms, (dups, replays, late, late_final, rejected)
+        return rows, fresh, letters, max_ms, (dups, replays, late, late_final, rejected)
 
     def _observe(self, chunk: Chunk, accepted: int, stats: tuple) -> None:
         dups, replays, late, late_final, rejected = stats
