@@ -8,6 +8,7 @@ the embedded ClickHouse live in one process (`clickflow serve`).
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -20,6 +21,7 @@ from clickflow.kafka.consumer import Chunk
 # Settings every deduplicating insert uses (see each domain's schema.sql for the tables).
 DEDUP_INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _lock = threading.Lock()
 _clients: dict[tuple[str, str, int], Client] = {}
 
@@ -31,12 +33,14 @@ def clickhouse_client(settings: Settings, database: str | None = None) -> Client
     so each thread gets its own.
     """
     db = database or settings.clickhouse_database
+    if not _IDENTIFIER.fullmatch(db):
+        raise ValueError(f"invalid ClickHouse database name {db!r}")
     key = (settings.clickhouse_url, db, threading.get_ident())
     with _lock:
         client = _clients.get(key)
         if client is None:
             _connect(settings.clickhouse_url, "default").command(
-                f"CREATE DATABASE IF NOT EXISTS `{db}`"
+                f"CREATE DATABASE IF NOT EXISTS `{db}`"  # noqa: S608 - validated identifier
             )
             client = _connect(settings.clickhouse_url, db)
             _clients[key] = client
