@@ -230,8 +230,12 @@ def aggregated_count(
     settings: SettingsDep,
     cfg: ConfigDep,
     ad_id: Annotated[str, Path(min_length=1, max_length=64)],
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
+    from_: Annotated[
+        datetime | None, Query(alias="from", description="first minute (default: to - 1 min)")
+    ] = None,
+    to: Annotated[
+        datetime | None, Query(description="end minute, exclusive (default: current minute)")
+    ] = None,
     filter: Annotated[str | None, Query(description=FILTER_DOC, max_length=4096)] = None,
 ) -> dict:
     end = _utc_minute(to) if to else _current_minute()
@@ -275,7 +279,10 @@ def popular_ads(
     top_n: Annotated[int, Query(alias="topN", ge=1, le=1000)] = 10,
     window: Annotated[int, Query(ge=1, le=7 * 24 * 60, description="M, in minutes")] = 1,
     filter: Annotated[str | None, Query(description=FILTER_DOC, max_length=4096)] = None,
-    to: datetime | None = None,
+    to: Annotated[
+        datetime | None,
+        Query(description="end of the window, exclusive (default: the current minute)"),
+    ] = None,
 ) -> dict:
     end = _utc_minute(to) if to else _current_minute()
     start = end - window * MINUTE
