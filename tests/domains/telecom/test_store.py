@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+import pytest
+
 from clickflow.config import Settings
 from clickflow.domains.telecom.events import decode
 from clickflow.domains.telecom.store import AggregateWriter, RawWriter
@@ -113,3 +116,17 @@ def test_retention_drops_old_partitions_only(tc_settings: Settings) -> None:
     assert not any(d.endswith(("y2031m01", "y2031m02")) for d in dropped)
     assert left is not None and left[0] >= datetime(2031, 1, 1, tzinfo=UTC)
     assert agg is not None and agg[0] == 200  # aggregates are kept
+
+
+def test_a_month_dropped_by_retention_comes_back_on_demand(tc_settings: Settings) -> None:
+    events = [decode(v) for v in encode_all(make_events(50, BOUNDARY, timedelta(days=2)))]
+    writer = RawWriter(tc_settings.postgres_url)
+    writer.write(events[:25])
+    with pg(tc_settings) as conn:
+        conn.execute("SELECT telecom.drop_partitions_before('2031-03-01')")
+    # The writer still believes the month exists: the first attempt fails (the framework
+    # retries the batch), the retry re-creates the partition.
+    with pytest.raises(psycopg.errors.CheckViolation, match="no partition"):
+        writer.write(events)
+    assert writer.write(events).inserted == 50
+    assert len(raw_keys(tc_settings)) == 50

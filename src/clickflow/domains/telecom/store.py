@@ -165,6 +165,10 @@ class Partitions:
         self._ahead_at = 0.0
         self._lock = threading.Lock()
 
+    def forget(self) -> None:
+        with self._lock:
+            self._known.clear()
+
     def ensure(self, conn: psycopg.Connection, months: set[date]) -> int:
         """Make sure ``months`` (and the months ahead, hourly) have partitions.
 
@@ -248,7 +252,8 @@ class _Writer:
                 row = cur.fetchone() if cur.description else None
                 return row, cur.rowcount
         except psycopg.Error:
-            conn.close()  # the next attempt starts on a fresh connection
+            conn.close()  # the next attempt starts on a fresh connection...
+            self.partitions.forget()  # ...and re-checks partitions (retention may have run)
             raise
 
     def close(self) -> None:
