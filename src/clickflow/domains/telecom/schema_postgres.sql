@@ -16,7 +16,11 @@
 -- months of that batch they have not seen yet (kept in memory), and once an hour for the
 -- months ahead. So there is never a manual step and never a failed insert for a new month,
 -- and no DEFAULT partition (which would make every later CREATE PARTITION scan it).
--- telecom.drop_partitions_before(month) is the retention job.
+-- telecom.drop_partitions_before(month) is the retention job (`clickflow telecom retention`).
+-- It drops events_raw and agg_applied months together and keeps the aggregates. An event
+-- arriving later for a dropped month re-creates its partition; had it been counted before,
+-- it would be counted again, which needs a redelivery older than the retention (Kafka keeps
+-- 7 days, retention is months).
 
 -- Concurrent start-ups (ingestor and aggregator processes) apply this one at a time: the
 -- script runs as one implicit transaction, which holds this lock to its end.
