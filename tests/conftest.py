@@ -70,11 +70,18 @@ def postgres_url(data_root: Path) -> Iterator[str]:
     if url:
         yield url
         return
+    import shutil
+    import tempfile
+
     from clickflow.runtime.postgres_server import start_postgres
 
-    proc, url = start_postgres(data_root / "postgres" / "data")
+    # Not under pytest's tmp dir: the server runs as another OS user (as root), and every
+    # pytest session chmods /tmp/pytest-of-<user> back to 0700, cutting the server off.
+    root = Path(tempfile.mkdtemp(prefix="clickflow-test-pg-"))
+    proc, url = start_postgres(root / "data")
     yield url
     _stop(proc, signal.SIGINT)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
