@@ -3,6 +3,10 @@
 Turns a request body into per-event verdicts: size limits, bounded gunzip, one event or a
 JSON array, and each ``data`` validated by the Struct registered for its kind in
 ``clickflow.domains.ugc.events.EVENT_KINDS`` — a new kind there is accepted here as is.
+
+Speed: one envelope Struct per kind is derived from ``EVENT_KINDS`` (a tagged union on
+``event``), so a whole valid batch decodes in one msgspec call (~0.5 µs per event). Only
+when that fails is each event decoded on its own, to give each its verdict.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar, Union
 
 import msgspec
 from msgspec import Meta, Raw, Struct
@@ -20,21 +24,23 @@ from clickflow.domains.ugc.events import EVENT_KINDS
 
 ClientEventId = Annotated[str, Meta(min_length=1, max_length=64)]
 Token = Annotated[str, Meta(max_length=8192)]
+Kind = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class Event(Struct, forbid_unknown_fields=True, tag_field="event"):
+    """A valid event. Subclasses (one per kind, ``<Kind>Event``) are made by ``schemas()``;
+    the kind is the tag, also readable as ``event.kind``."""
+
+    kind: ClassVar[str]
 
 
 class Envelope(Struct, forbid_unknown_fields=True):
-    event: Annotated[str, Meta(min_length=1, max_length=64)]
+    """The envelope alone, to name what is wrong with an invalid event."""
+
+    event: Kind
     data: Raw
     token: Token | None = None
     event_id: ClientEventId | None = None  # client-supplied: kept, for deduplication
-
-
-@dataclass(slots=True)
-class Valid:
-    kind: str
-    data: Struct
-    token: str | None
-    event_id: str | None
 
 
 @dataclass(slots=True)
@@ -44,9 +50,44 @@ class Rejected:
     kind: str | None = None
 
 
+class Schemas:
+    """The envelope types for the current ``EVENT_KINDS`` and their decoders."""
+
+    def __init__(self, kinds: dict[str, type[Struct]]) -> None:
+        self.key = tuple(kinds.items())
+        self.by_kind: dict[str, type[Event]] = {
+            kind: msgspec.defstruct(
+                f"{schema.__name__}Event",
+                [
+                    ("data", schema),
+                    ("token", Token | None, None),
+                    ("event_id", ClientEventId | None, None),
+                ],
+                bases=(Event,),
+                tag=kind,
+                namespace={"kind": kind},
+            )
+            for kind, schema in kinds.items()
+        }
+        union = Union[tuple(self.by_kind.values())]  # noqa: UP007 - built at run time
+        self.one = msgspec.json.Decoder(union)
+        self.batch = msgspec.json.Decoder(list[union])  # type: ignore[valid-type]
+        self.data = {kind: msgspec.json.Decoder(s) for kind, s in kinds.items()}
+
+
+_schemas: Schemas | None = None
+
+
+def schemas() -> Schemas:
+    """Rebuilt when ``EVENT_KINDS`` changed (a kind added at run time, e.g. in a test)."""
+    global _schemas
+    if _schemas is None or _schemas.key != tuple(EVENT_KINDS.items()):
+        _schemas = Schemas(EVENT_KINDS)
+    return _schemas
+
+
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _batch_decoder = msgspec.json.Decoder(list[Raw])
-_data_decoders: dict[type[Struct], msgspec.json.Decoder] = {}
 
 _AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _NAMED_FIELD = re.compile(r"field `([^`]+)`")
@@ -85,41 +126,54 @@ def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def split_events(body: bytes, max_batch: int) -> tuple[list[Raw], bool]:
-    """The events of a body and whether it was a batch (a JSON array)."""
+def parse(body: bytes, max_batch: int) -> tuple[list[Event | Rejected], bool]:
+    """A verdict per event of the body, and whether the body was a batch (a JSON array)."""
+    s = schemas()
     head = body.lstrip()[:1]
     if head == b"[":
         try:
-            items = _batch_decoder.decode(body)
+            events: list[Event | Rejected] = s.batch.decode(body)
+        except msgspec.ValidationError:  # some event is invalid: judge each on its own
+            try:
+                raws = _batch_decoder.decode(body)
+            except msgspec.ValidationError as e:
+                raise MalformedBody(f"body is not a JSON array of events: {e}") from None
+            _check_length(len(raws), max_batch)
+            return [validate(r, s) for r in raws], True
         except msgspec.DecodeError as e:
-            raise MalformedBody(f"body is not a JSON array of events: {e}") from None
-        if len(items) > max_batch:
-            raise PayloadTooLarge(f"batch of {len(items)} events exceeds {max_batch}")
-        if not items:
-            raise MalformedBody("empty batch")
-        return items, True
+            raise MalformedBody(f"malformed JSON: {e}") from None
+        _check_length(len(events), max_batch)
+        return events, True
     if head == b"{":
-        return [Raw(body)], False
+        try:
+            return [s.one.decode(body)], False
+        except msgspec.ValidationError:
+            return [validate(Raw(body), s)], False
+        except msgspec.DecodeError as e:
+            raise MalformedBody(f"malformed JSON: {e}") from None
     raise MalformedBody("body must be a JSON object (one event) or array (a batch)")
 
 
-def validate(raw: Raw) -> Valid | Rejected:
+def _check_length(n: int, max_batch: int) -> None:
+    if n > max_batch:
+        raise PayloadTooLarge(f"batch of {n} events exceeds {max_batch}")
+    if n == 0:
+        raise MalformedBody("empty batch")
+
+
+def validate(raw: Raw, s: Schemas | None = None) -> Event | Rejected:
     """One event's verdict: its envelope, its kind, and its data against the kind's Struct."""
+    s = s or schemas()
     try:
         env = _envelope_decoder.decode(raw)
     except msgspec.ValidationError as e:
         return Rejected(*describe(e))
-    except msgspec.DecodeError as e:  # only a single event can get here: arrays are parsed
-        raise MalformedBody(f"malformed JSON: {e}") from None
-    schema = EVENT_KINDS.get(env.event)
-    if schema is None:
-        known = ", ".join(sorted(EVENT_KINDS))
-        return Rejected("event", f"unknown event kind {env.event!r} (known: {known})")
-    decoder = _data_decoders.get(schema)
+    decoder = s.data.get(env.event)
     if decoder is None:
-        decoder = _data_decoders[schema] = msgspec.json.Decoder(schema)
+        known = ", ".join(sorted(s.data))
+        return Rejected("event", f"unknown event kind {env.event!r} (known: {known})")
     try:
         data = decoder.decode(env.data)
     except msgspec.ValidationError as e:
         return Rejected(*describe(e, "data"), kind=env.event)
-    return Valid(env.event, data, env.token, env.event_id)
+    return s.by_kind[env.event](data=data, token=env.token, event_id=env.event_id)

@@ -11,21 +11,21 @@ on one partition. Anonymous events share the key "anonymous"; they have no user 
 from __future__ import annotations
 
 import time
-import uuid
-from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
-from starlette.requests import Request
+from starlette.types import Receive
 
 from clickflow.collector import envelope
-from clickflow.collector.envelope import Rejected, Valid
+from clickflow.collector.envelope import Event, Rejected
 from clickflow.collector.exceptions import (
     CollectorError,
     PayloadTooLarge,
     PublishFailed,
     UnsupportedMediaType,
 )
+from clickflow.collector.ids import EventIds
 from clickflow.collector.metrics import EVENTS, PUBLISH_ERRORS
 from clickflow.collector.options import CollectorOptions
 from clickflow.collector.publisher import KafkaPublisher
@@ -77,22 +77,31 @@ class Outcome:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes exceeds {limit}")
+class ClientGone(Exception):
+    """The client disconnected before its body arrived: nothing to answer."""
+
+
+async def read_body(receive: Receive, declared_length: bytes | None, limit: int) -> bytes:
+    """The raw body from the ASGI ``receive``, refused with 413 as soon as it passes
+    ``limit`` bytes (at once when Content-Length says so)."""
+    if declared_length and declared_length.isdigit() and int(declared_length) > limit:
+        raise PayloadTooLarge(f"body of {declared_length.decode()} bytes exceeds {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body exceeds {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def check_content_type(value: str | None) -> None:
-    media = (value or "").split(";", 1)[0].strip().lower()
+def check_content_type(value: bytes | None) -> None:
+    media = (value or b"").decode("latin-1").split(";", 1)[0].strip().lower()
     if media not in ACCEPTED_TYPES:
         raise UnsupportedMediaType(f"Content-Type {media!r}: send application/json or text/plain")
 
@@ -114,47 +123,56 @@ class Ingestor:
         self._publisher = publisher
         self._topic = topic
         self._encoder = msgspec.json.Encoder()
+        self._ids = EventIds()
+        self._event_counters: dict[tuple[str, str], Any] = {}
 
-    async def handle(self, request: Request) -> Outcome:
+    async def handle(self, headers: dict[bytes, bytes], receive: Receive) -> Outcome:
+        """``headers``: the request's, names in lower case (as ASGI gives them)."""
         opts = self._options
-        check_content_type(request.headers.get("content-type"))
-        body = await read_body(request, opts.max_body_bytes)
+        check_content_type(headers.get(b"content-type"))
+        body = await read_body(receive, headers.get(b"content-length"), opts.max_body_bytes)
+        encoding = headers.get(b"content-encoding")
         body = envelope.decompress(
-            body, request.headers.get("content-encoding"), opts.max_body_bytes
+            body, encoding.decode("latin-1") if encoding else None, opts.max_body_bytes
         )
-        raws, is_batch = envelope.split_events(body, opts.max_batch_events)
-        verdicts: list[Valid | Rejected] = [envelope.validate(r) for r in raws]
-        await self._authenticate(verdicts)
-        results = await self._publish(verdicts)
+        verdicts, is_batch = envelope.parse(body, opts.max_batch_events)
+        users = await self._authenticate(verdicts)
+        results = await self._publish(verdicts, users)
         self._count(results)
         return self._outcome(results) if is_batch else self._single_outcome(results[0])
 
-    async def _authenticate(self, verdicts: list[Valid | Rejected]) -> None:
-        """Replace each valid event's token by its user_id (in place); invalid token → reject."""
-        tokens = {v.token for v in verdicts if isinstance(v, Valid) and v.token is not None}
-        users = await self._verifier.user_ids(tokens) if tokens else {}
+    async def _authenticate(self, verdicts: list[Event | Rejected]) -> list[str]:
+        """The user_id of each event ("anonymous" without a token); an event whose token is
+        invalid is replaced by its rejection, in place."""
+        tokens = {v.token for v in verdicts if isinstance(v, Event) and v.token is not None}
+        if not tokens:
+            return [ANONYMOUS] * len(verdicts)
+        by_token = await self._verifier.user_ids(tokens)
+        users = []
         for i, v in enumerate(verdicts):
-            if isinstance(v, Valid):
-                if v.token is None:
-                    v.token = ANONYMOUS  # from here on, .token holds the user_id
-                elif (user := users.get(v.token)) is None:
+            user = ANONYMOUS
+            if isinstance(v, Event) and v.token is not None:
+                found = by_token.get(v.token)
+                if found is None:
                     verdicts[i] = Rejected("token", "invalid or expired token", v.kind)
                 else:
-                    v.token = user
+                    user = found
+            users.append(user)
+        return users
 
-    async def _publish(self, verdicts: list[Valid | Rejected]) -> list[Verdict]:
+    async def _publish(self, verdicts: list[Event | Rejected], users: list[str]) -> list[Verdict]:
         now_ms = time.time_ns() // 1_000_000
         results: list[Verdict] = []
         records: list[tuple[bytes, bytes]] = []
+        encode, new_id = self._encoder.encode, self._ids.next
         for i, v in enumerate(verdicts):
             if isinstance(v, Rejected):
                 results.append(Refused(i, v.field, v.reason, v.kind))
                 continue
-            event_id = v.event_id or str(uuid.uuid4())
-            user_id = v.token or ANONYMOUS
-            record = UgcRecord(v.kind, event_id, user_id, now_ms, v.data)  # type: ignore[arg-type]
-            records.append((user_id.encode(), self._encoder.encode(record)))
-            results.append(Accepted(i, v.kind, event_id))
+            kind, event_id, user_id = v.kind, v.event_id or new_id(), users[i]
+            record = UgcRecord(kind, event_id, user_id, now_ms, v.data)  # type: ignore[arg-type]
+            records.append((user_id.encode(), encode(record)))
+            results.append(Accepted(i, kind, event_id))
         if records:
             errors = await self._publisher.publish(self._topic, records)
             pending = iter(errors)
@@ -164,21 +182,21 @@ class Ingestor:
                     PUBLISH_ERRORS.labels(_error_reason(err)).inc()
         return results
 
-    @staticmethod
-    def _count(results: list[Verdict]) -> None:
-        counts = Counter(
-            (
-                _kind_label(r.event),
+    def _count(self, results: list[Verdict]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for r in results:
+            verdict = (
                 "accepted"
                 if isinstance(r, Accepted)
-                else "rejected"
-                if isinstance(r, Refused)
-                else "failed",
+                else ("rejected" if isinstance(r, Refused) else "failed")
             )
-            for r in results
-        )
-        for (kind, verdict), n in counts.items():
-            EVENTS.labels(kind, verdict).inc(n)
+            key = (_kind_label(r.event), verdict)
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in counts.items():
+            child = self._event_counters.get(key)
+            if child is None:
+                child = self._event_counters[key] = EVENTS.labels(*key)
+            child.inc(n)
 
     @staticmethod
     def _single_outcome(r: Verdict) -> Outcome:

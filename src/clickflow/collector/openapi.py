@@ -10,9 +10,8 @@ import msgspec
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from clickflow.collector.envelope import ClientEventId, Token
+from clickflow.collector.envelope import schemas
 from clickflow.collector.ingest import BatchResult
-from clickflow.domains.ugc.events import EVENT_KINDS
 
 REF = "#/components/schemas/{name}"
 
@@ -34,25 +33,8 @@ class EventsFailed(msgspec.Struct):
     reason: str
 
 
-def event_envelopes() -> list[type[msgspec.Struct]]:
-    """One documented envelope per kind: ``{"event": kind, "token", "event_id", "data"}``."""
-    return [
-        msgspec.defstruct(
-            f"{schema.__name__}Event",
-            [
-                ("event", Literal[kind]),  # type: ignore[valid-type]
-                ("data", schema),
-                ("token", Token | None, None),
-                ("event_id", ClientEventId | None, None),
-            ],
-            forbid_unknown_fields=True,
-        )
-        for kind, schema in EVENT_KINDS.items()
-    ]
-
-
 def _build() -> tuple[dict[str, Any], dict[str, Any]]:
-    envelopes = event_envelopes()
+    envelopes = list(schemas().by_kind.values())
     refs, components = msgspec.json.schema_components(
         [*envelopes, BatchResult, EventAccepted, EventRejected, EventsFailed], ref_template=REF
     )

@@ -1,21 +1,20 @@
 """Publishing to Kafka from asyncio: answer only after the broker acknowledged.
 
-confluent-kafka runs delivery callbacks inside ``poll()``. One daemon thread polls; the
-callbacks of a request's records count down there, and when the last one is in, a single
-``call_soon_threadsafe`` resolves that request's asyncio future. The event loop never blocks:
-``produce()`` only enqueues, and a full local queue is an immediate failure (503), not a wait.
+confluent-kafka runs delivery callbacks inside ``poll()``. Here the event loop itself calls
+``poll(0)`` (never blocks) on a 1 ms timer while records are in flight, so the callbacks run on
+the loop thread and resolve each request's future directly: no extra thread, no locks, no
+cross-thread wake-ups. ``produce()`` only enqueues; a full local queue is an immediate failure
+(503), never a wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-
-from clickflow.collector.exceptions import PublishFailed
 
 NOT_ACKNOWLEDGED = "no acknowledgement from Kafka in time"
 
@@ -23,78 +22,67 @@ NOT_ACKNOWLEDGED = "no acknowledgement from Kafka in time"
 class _Pending:
     """The records of one request still waiting for their acknowledgement."""
 
-    __slots__ = ("errors", "future", "lock", "loop", "remaining")
+    __slots__ = ("errors", "future", "publisher", "remaining")
 
-    def __init__(self, n: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, n: int, future: asyncio.Future[list[str | None]], publisher: KafkaPublisher
+    ) -> None:
         self.remaining = n
         self.errors: list[str | None] = [NOT_ACKNOWLEDGED] * n
-        self.loop = loop
-        self.future: asyncio.Future[list[str | None]] = loop.create_future()
-        self.lock = threading.Lock()
+        self.future = future
+        self.publisher = publisher
+
+    def delivered(self, index: int, err: KafkaError | None, _msg: object) -> None:
+        """The delivery callback of record ``index`` (run inside ``poll()``)."""
+        self.publisher.in_flight -= 1
+        self.done(index, None if err is None else f"kafka: {err.str()}")
 
     def done(self, index: int, error: str | None) -> None:
-        """Called from the poll thread (callbacks) or the loop thread (produce failed)."""
-        with self.lock:
-            self.errors[index] = error
-            self.remaining -= 1
-            last = self.remaining == 0
-        if last:
-            self.loop.call_soon_threadsafe(_resolve, self.future, self.errors)
-
-
-def _resolve(future: asyncio.Future[list[str | None]], errors: list[str | None]) -> None:
-    if not future.done():  # the request may have given up waiting already
-        future.set_result(errors)
+        self.errors[index] = error
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():  # it may have timed out already
+            self.future.set_result(self.errors)
 
 
 class KafkaPublisher:
-    def __init__(self, config: dict[str, Any], timeout: float) -> None:
+    def __init__(self, config: dict[str, Any], timeout: float, poll_interval: float = 0.001):
         self._producer = Producer(config)
         self._timeout = timeout
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._poll_loop, name="collector-kafka-poll", daemon=True
-        )
-        self._thread.start()
-
-    def _poll_loop(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.05)
+        self._poll_interval = poll_interval
+        self.in_flight = 0
+        self._timer: asyncio.TimerHandle | None = None
 
     async def publish(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> list[str | None]:
         """Produce ``(key, value)`` records; per record ``None`` when the broker acknowledged
         it, else why it is not stored. Waits at most ``timeout`` seconds (then every record
         not acknowledged yet counts as failed — it may still land: clients retry with the
         same event_id, and consumers deduplicate on it)."""
-        pending = _Pending(len(records), asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        pending = _Pending(len(records), loop.create_future(), self)
+        produce, delivered = self._producer.produce, pending.delivered
         for i, (key, value) in enumerate(records):
             try:
-                self._producer.produce(
-                    topic, value, key, on_delivery=lambda err, msg, i=i: _delivered(pending, i, err)
-                )
+                produce(topic, value, key, on_delivery=partial(delivered, i))
+                self.in_flight += 1
             except BufferError:
                 pending.done(i, "the producer queue is full")
             except KafkaException as e:
                 pending.done(i, f"produce failed: {e}")
+        if self._timer is None and self.in_flight:
+            self._timer = loop.call_later(self._poll_interval, self._poll, loop)
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), self._timeout)
         except TimeoutError:
-            with pending.lock:
-                return list(pending.errors)
+            return list(pending.errors)
+
+    def _poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._producer.poll(0)  # runs the delivery callbacks that are due, here
+        self._timer = (
+            loop.call_later(self._poll_interval, self._poll, loop) if self.in_flight else None
+        )
 
     def close(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
+        if self._timer is not None:
+            self._timer.cancel()
         self._producer.flush(timeout)
         del self._producer  # frees librdkafka's handle now, not at some later GC
-
-
-def _delivered(pending: _Pending, index: int, err: KafkaError | None) -> None:
-    pending.done(index, None if err is None else f"kafka: {err.str()}")
-
-
-def raise_for(errors: list[str | None]) -> None:
-    """PublishFailed naming the first failure, when any record was not acknowledged."""
-    first = next((e for e in errors if e is not None), None)
-    if first is not None:
-        raise PublishFailed(first)

@@ -1,12 +1,18 @@
 """Rate limiting per client IP: a token bucket kept in Redis, updated by one Lua script.
 
 The script reads the clock from Redis (``TIME``), so every collector replica shares one bucket
-per IP and one clock. When Redis is unreachable the limiter lets requests through (logged):
-losing rate limiting for a while beats refusing every event.
+per IP and one clock. Requests that arrive while a script call is in flight are decided
+together by the next call (one round trip for many requests, many IPs), so the limiter's cost
+does not grow with the request rate. The buckets of one call are several keys, so a Redis
+Cluster would need them in one slot; this targets a single Redis.
+
+When Redis is unreachable the limiter lets requests through (logged): losing rate limiting for
+a while beats refusing every event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -15,32 +21,38 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
+# KEYS[i]: the bucket of one IP; ARGV[1] rate/s, ARGV[2] burst, ARGV[2+i] requests for KEYS[i].
+# Returns, per key, how many of its requests are allowed and the ms until the next token.
 TOKEN_BUCKET_LUA = """
 redis.replicate_commands()
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1])
-local ts = tonumber(b[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
+local ttl = math.ceil(burst * 1000 / rate) + 1000
+local out = {}
+for i, key in ipairs(KEYS) do
+  local wanted = tonumber(ARGV[2 + i])
+  local b = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(b[1])
+  local ts = tonumber(b[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+  local allowed = math.min(wanted, math.floor(tokens))
+  tokens = tokens - allowed
+  local retry_ms = 0
+  if allowed < wanted then
+    retry_ms = math.ceil((1 - tokens) * 1000 / rate)
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', now)
+  redis.call('PEXPIRE', key, ttl)
+  out[2 * i - 1] = allowed
+  out[2 * i] = retry_ms
 end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-local allowed = 0
-local retry_ms = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-else
-  retry_ms = math.ceil((cost - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return {allowed, retry_ms}
+return out
 """
 
 
@@ -63,17 +75,55 @@ class RateLimiter:
         self._rate = rate
         self._burst = burst
         self._prefix = prefix
+        self._queue: list[tuple[str, asyncio.Future[Decision]]] = []
+        self._draining = False
         self._warned = False
 
-    async def take(self, client: str, cost: int = 1) -> Decision:
+    async def take(self, client: str) -> Decision:
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._queue.append((client, future))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
         try:
-            allowed, retry_ms = await self._script(
-                keys=[self._prefix + client], args=[self._rate, self._burst, cost]
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._decide(batch)
+        finally:
+            self._draining = False
+            for _, future in self._queue:  # only after an unexpected error
+                _settle(future, ALLOW)
+            self._queue = []
+
+    async def _decide(self, batch: list[tuple[str, asyncio.Future[Decision]]]) -> None:
+        by_client: dict[str, list[asyncio.Future[Decision]]] = {}
+        for client, future in batch:
+            by_client.setdefault(client, []).append(future)
+        try:
+            flat = await self._script(
+                keys=[self._prefix + c for c in by_client],
+                args=[self._rate, self._burst, *(len(f) for f in by_client.values())],
             )
+            self._warned = False
         except (RedisError, OSError) as e:
             if not self._warned:
                 log.warning("rate limiter: Redis unreachable, letting requests through: %s", e)
                 self._warned = True
-            return ALLOW
-        self._warned = False
-        return ALLOW if allowed else Decision(False, int(retry_ms))
+            flat = [x for fs in by_client.values() for x in (len(fs), 0)]
+        except BaseException:
+            for _, future in batch:
+                _settle(future, ALLOW)
+            raise
+        for i, futures in enumerate(by_client.values()):
+            allowed, retry_ms = int(flat[2 * i]), int(flat[2 * i + 1])
+            refused = Decision(False, retry_ms)
+            for j, future in enumerate(futures):
+                _settle(future, ALLOW if j < allowed else refused)
+
+
+def _settle(future: asyncio.Future[Decision], decision: Decision) -> None:
+    if not future.done():  # the request may be gone (client disconnected)
+        future.set_result(decision)
