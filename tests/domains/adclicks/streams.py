@@ -24,6 +24,7 @@ class Stream:
     broken: int = 0
     copies: int = 0
     late: int = 0
+    sent: int = 0  # records acknowledged by the broker
 
     def count(self, ad_id: str | None = None, start_ms: int = 0, end_ms: int = 2**62, **filt):
         n = 0

@@ -20,7 +20,7 @@ from clickflow.domains.adclicks.config import AdClicksConfig
 from clickflow.domains.adclicks.pipeline import pipeline_spec
 from clickflow.domains.adclicks.reconcile import reconcile
 from clickflow.kafka.config import consumer_config
-from clickflow.kafka.consumer import BatchTrigger
+from clickflow.kafka.consumer import BatchTrigger, Delivery
 from clickflow.kafka.topics import dlq_topic
 from clickflow.migrations import migrate_clickhouse
 from clickflow.pipelines import PipelineOptions, build_consumer
@@ -37,9 +37,15 @@ def _metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-def run_pipeline(settings: Settings, cfg: AdClicksConfig, total: int) -> None:
+def run_pipeline(
+    settings: Settings,
+    cfg: AdClicksConfig,
+    total: int,
+    delivery: Delivery = Delivery.EXACTLY_ONCE,
+    group: str | None = None,
+) -> None:
     migrate_clickhouse(settings, ["adclicks"])
-    opts = PipelineOptions(trigger=BatchTrigger(max_records=1500, max_seconds=0.3))
+    opts = PipelineOptions(BatchTrigger(max_records=1500, max_seconds=0.3), delivery, group)
     consumer = build_consumer(settings, pipeline_spec(cfg), opts)
     t = threading.Thread(target=consumer.run, daemon=True)
     t.start()
@@ -63,8 +69,8 @@ def loaded(base_settings: Settings):
     stream = make_stream(12_000, seed=21, topic=topic)
     before = {n: _metric(f"clickflow_adclicks_{n}_total") for n in ("duplicates", "late_events")}
     build_consumer(settings, pipeline_spec(cfg))  # creates the topics (4 partitions)
-    ends = produce(settings, topic, stream.sends)
-    run_pipeline(settings, cfg, sum(ends.values()))
+    stream.sent = sum(produce(settings, topic, stream.sends).values())
+    run_pipeline(settings, cfg, stream.sent)
     after = {n: _metric(f"clickflow_adclicks_{n}_total") for n in ("duplicates", "late_events")}
     app = FastAPI()
     app.state.settings = settings
@@ -276,5 +282,24 @@ def test_backfill_finds_and_repairs_a_damaged_aggregate(loaded) -> None:
         ("ghost-ad", -3),
     }
     assert reconcile(ch, s, e, apply=False).differences == []
+    r = client.get(f"/v1/ads/{hot}/aggregated_count", params={"from": _iso(start), "to": _iso(end)})
+    assert r.json()["count"] == stream.count(hot, start, end)
+
+
+def test_another_group_rereading_the_topic_counts_nothing_twice(loaded) -> None:
+    """Runs last in this module: a new group (at-least-once, then exactly-once) re-reads the
+    whole topic into the same store; every record is a replay and is dropped."""
+    settings, cfg, stream, client, _ = loaded
+    start, end = stream.span_ms
+    before = _metric("clickflow_adclicks_replays_total")
+    for delivery in (Delivery.AT_LEAST_ONCE, Delivery.EXACTLY_ONCE):
+        run_pipeline(settings, cfg, stream.sent, delivery, f"again-{uuid.uuid4().hex[:6]}")
+    assert _metric("clickflow_adclicks_replays_total") - before == 2 * len(stream.valid)
+    ch = clickhouse_client(settings)
+    assert ch.query("SELECT count() FROM ad_clicks_raw").result_rows[0][0] == len(stream.valid)
+    assert ch.query("SELECT sum(clicks) FROM ad_clicks_minute").result_rows[0][0] == len(
+        stream.valid
+    )
+    hot = stream.top(1, start, end)[0][0]
     r = client.get(f"/v1/ads/{hot}/aggregated_count", params={"from": _iso(start), "to": _iso(end)})
     assert r.json()["count"] == stream.count(hot, start, end)

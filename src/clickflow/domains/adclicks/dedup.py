@@ -11,10 +11,10 @@ partition is new to the process or its offsets jump (start, crash, rebalance), t
 ``window`` clicks of *every* partition are reloaded from ``ad_clicks_raw``, including the
 ones written ahead of the committed offset just before a crash. A copy from elsewhere of a
 click_id found there is a *duplicate* and dropped. The very same record read again is a
-*replay*: in exactly-once mode it is written again in its recorded chunk with the same
-token (ClickHouse drops the repeat per table, and fills the view if the crash fell between
-the raw part and the view's part); in at-least-once mode it is dropped, so at-least-once
-delivery plus this dedup still counts each click once.
+*replay*: if its chunk is one the exactly-once intent log recorded, it is written again
+with that chunk's token (ClickHouse drops the repeat per table, and fills the view if the
+crash fell between the raw part and the view's part); otherwise (at-least-once delivery,
+another consumer group re-reading the topic) it is dropped, so each click counts once.
 
 Copies further apart than the window are not caught online; ``clickflow adclicks backfill``
 counts distinct click_ids from the raw store and reports / corrects the difference.

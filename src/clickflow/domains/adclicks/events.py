@@ -58,6 +58,7 @@ class RawRow(Struct, array_like=True):
     kafka_partition: int
     kafka_offset: int
     ingest_ms: int
+    chunk_hash: int
 
 
 RAW_COLUMNS = [f for f in RawRow.__struct_fields__]

@@ -17,9 +17,9 @@ After the chunks, the watermarks are saved (monotone, idempotent) for the finali
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections import deque
 
 from clickflow.config import Settings
 from clickflow.domains.adclicks import metrics
@@ -33,7 +33,7 @@ from clickflow.domains.adclicks.events import (
     encode_rows,
 )
 from clickflow.domains.adclicks.watermark import MINUTE_MS, load_partition_maxima, save_watermarks
-from clickflow.kafka.consumer import Batch, Chunk, Delivery
+from clickflow.kafka.consumer import Batch, Chunk
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.logs import log_fields
@@ -49,28 +49,19 @@ log = logging.getLogger("clickflow.adclicks")
 TP = tuple[str, int]
 
 
+def token_hash(token: str) -> int:
+    return int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "big")
+
+
 class AdClicksHandler:
-    def __init__(
-        self,
-        settings: Settings,
-        config: AdClicksConfig,
-        delivery: Delivery = Delivery.EXACTLY_ONCE,
-    ) -> None:
+    def __init__(self, settings: Settings, config: AdClicksConfig) -> None:
         self.settings = settings
         self.config = config
-        # Exactly-once: a record read again after a crash is re-inserted in its recorded chunk
-        # with the same token, so each table (and the view behind it) ends with it exactly
-        # once, even if the crash fell between the raw part and the view's part.
-        # At-least-once: chunks are re-formed after a crash, so a record already written is
-        # dropped instead (dedup turns at-least-once into counted-once).
-        self.rewrite_replays = delivery is Delivery.EXACTLY_ONCE
         self.lateness_ms = int(config.allowed_lateness_s * 1000)
         self.max_future_ms = int(config.max_future_s * 1000)
         self.seen = SeenClicks(config.dedup_window * config.partitions)
         self.max_event: dict[int, int] = {}  # partition -> max click time seen (ms)
         self._next_offset: dict[TP, int] = {}
-        self._done: deque[str] = deque(maxlen=4096)  # chunk tokens written by this process
-        self._done_set: set[str] = set()
 
     # -- state -------------------------------------------------------------------------------
 
@@ -89,30 +80,22 @@ class AdClicksHandler:
             extra=log_fields(pipeline="adclicks", click_ids=len(items), since_ms=since),
         )
 
-    def _mark_done(self, token: str) -> None:
-        if len(self._done) == self._done.maxlen:
-            self._done_set.discard(self._done[0])
-        self._done.append(token)
-        self._done_set.add(token)
-
     # -- batch -------------------------------------------------------------------------------
 
     def handle(self, batch: Batch) -> list[DeadLetter]:
         client = clickhouse_client(self.settings)
         letters: list[DeadLetter] = []
         touched: set[int] = set()
+        # A retried batch (the sink failed part-way) also lands here: its written chunks are
+        # replays (see _rows).
         if any(
-            self._next_offset.get((c.topic, c.partition)) != c.first_offset
-            for c in batch.chunks
-            if c.token(batch.group) not in self._done_set
+            self._next_offset.get((c.topic, c.partition)) != c.first_offset for c in batch.chunks
         ):
             self._warm(batch)
         for chunk in batch.chunks:
             token = chunk.token(batch.group)
-            if token in self._done_set:  # a retried batch: this chunk is already written
-                continue
             tp = (chunk.topic, chunk.partition)
-            rows, fresh, chunk_letters, max_ms, stats = self._rows(chunk)
+            rows, fresh, chunk_letters, max_ms, stats = self._rows(chunk, token_hash(token))
             if rows:
                 client.raw_insert(
                     "ad_clicks_raw",
@@ -127,7 +110,6 @@ class AdClicksHandler:
                 self.max_event[chunk.partition] = max_ms
                 touched.add(chunk.partition)
             self._next_offset[tp] = chunk.last_offset + 1
-            self._mark_done(token)
             letters += chunk_letters
             self._observe(chunk, len(rows), stats)
         if touched:
@@ -142,8 +124,30 @@ class AdClicksHandler:
         metrics.DEDUP_CACHE.set(len(self.seen))
         return letters
 
+    def _first_written_here(self, chunk: Chunk, chunk_hash: int) -> bool:
+        """Were the already-written records of this chunk first written by this very chunk
+        (same offset range, same token)? Then writing them again is a no-op per table."""
+        stamps = [m.timestamp()[1] for m in chunk.messages]
+        rows = (
+            clickhouse_client(self.settings)
+            .query(
+                "SELECT DISTINCT chunk_hash FROM ad_clicks_raw WHERE kafka_partition = {p:UInt16} "
+                "AND kafka_offset >= {a:UInt64} AND kafka_offset <= {b:UInt64} "
+                "AND ingest_ms >= {t0:Int64} AND ingest_ms <= {t1:Int64}",
+                parameters={
+                    "p": chunk.partition,
+                    "a": chunk.first_offset,
+                    "b": chunk.last_offset,
+                    "t0": min(stamps),
+                    "t1": max(stamps),
+                },
+            )
+            .result_rows
+        )
+        return [r[0] for r in rows] == [chunk_hash]
+
     def _rows(
-        self, chunk: Chunk
+        self, chunk: Chunk, chunk_hash: int
     ) -> tuple[list[RawRow], dict[str, int], list[DeadLetter], int | None, tuple]:
         now_ms = int(time.time() * 1000)
         seen = self.seen
@@ -159,6 +163,7 @@ class AdClicksHandler:
         if len(self.max_event) >= self.config.partitions:
             final_end = (min(self.max_event.values()) - lateness) // MINUTE_MS * MINUTE_MS
         dups = replays = late = late_final = 0
+        rewrite: bool | None = None
         rejected: dict[str, int] = {}
         for m in chunk.messages:
             try:
@@ -178,8 +183,15 @@ class AdClicksHandler:
                 if first != here:
                     dups += 1  # a copy of a click already written
                     continue
-                replays += 1  # the same record read again after a crash / rebalance
-                if not self.rewrite_replays:
+                # The same record read again (crash, rebalance, retried batch). If it was
+                # first written by this same chunk (exactly-once replay of a recorded chunk),
+                # write it again with the same token: ClickHouse drops the repeat per table
+                # and fills the view if a crash fell between the raw part and the view's
+                # part. Otherwise (at-least-once re-read, another group) drop it.
+                replays += 1
+                if rewrite is None:
+                    rewrite = self._first_written_here(chunk, chunk_hash)
+                if not rewrite:
                     continue
             fresh[cid] = here
             ts = c.click_timestamp
@@ -202,6 +214,7 @@ class AdClicksHandler:
                     partition,
                     offset,
                     m.timestamp()[1],
+                    chunk_hash,
                 )
             )
         return rows, fresh, letters, max_ms, (dups, replays, late, late_final, rejected)
@@ -231,7 +244,7 @@ def pipeline_spec(config: AdClicksConfig | None = None) -> PipelineSpec:
         name="adclicks",
         topics=[TopicSpec(cfg.topic, cfg.partitions)],
         store="clickhouse",
-        build_handler=lambda settings, opts: AdClicksHandler(settings, cfg, opts.delivery),
+        build_handler=lambda settings, _opts: AdClicksHandler(settings, cfg),
         build_intent_log=ClickHouseIntentLog,
         default_options=PipelineOptions(),
     )

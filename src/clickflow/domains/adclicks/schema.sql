@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS ad_clicks_raw
     os LowCardinality(String),
     kafka_partition UInt16,
     kafka_offset UInt64,
-    ingest_ms Int64 CODEC(Delta, ZSTD),
+    ingest_ms Int64 CODEC(Delta, ZSTD),  -- Kafka timestamp of the record
+    chunk_hash UInt64,  -- hash of the dedup token the row was first written with
     click_time DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(click_timestamp, 'UTC'),
     INDEX user_idx user_id TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX ip_idx ip TYPE bloom_filter(0.01) GRANULARITY 1,
