@@ -67,6 +67,8 @@ def test_pairs_in_any_order_across_batches_restarts_and_duplicates(
         record("page_scroll", u[7], {"x": 1}, t),
         half("start", u[7], "", t),  # empty page_view_id
     ]
+    counters = (metrics.PAIRS, metrics.ORPHANS, metrics.ORPHAN_ENDS, metrics.LATE_ENDS)
+    before = [c._value.get() for c in counters]
     handler = Tracking(UgcHandler(rsettings, ugc_config(topic), background_sweep=False))
     last = produce(rsettings, topic, part1)
     run_pipeline(rsettings, handler, lambda: handler.reached(last), SMALL, f"g-{topic}")
@@ -105,6 +107,19 @@ def test_pairs_in_any_order_across_batches_restarts_and_duplicates(
     assert page_views(rsettings) == expected
     errors = clickhouse_client(rsettings).query("SELECT count() FROM ugc_processing_errors")
     assert errors.result_rows[0][0] == 3
+    # Metrics: pairs made (A B E, then C D), orphans expired (F), ends never started (G),
+    # late ends (F's), and the share of page views without an end.
+    assert [c._value.get() - b for c, b in zip(counters, before, strict=True)] == [5, 1, 1, 1]
+    pairs, orphans = metrics.PAIRS._value.get(), metrics.ORPHANS._value.get()
+    assert metrics.UNENDED_SHARE._value.get() == pytest.approx(orphans / (pairs + orphans))
+
+
+def test_operation_mode_is_chosen_by_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clickflow.domains.ugc.config import UgcConfig
+
+    assert UgcConfig().trigger() == BatchTrigger(max_records=5000, max_seconds=1.0)
+    monkeypatch.setenv("CLICKFLOW_UGC_SCHEDULE_SECONDS", "30")
+    assert UgcConfig().trigger() == BatchTrigger(max_records=None, max_seconds=30.0)
 
 
 def test_interrupted_orphan_sweep_is_redone_with_the_same_rows(rsettings: Settings) -> None:

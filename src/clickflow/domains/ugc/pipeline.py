@@ -157,7 +157,7 @@ class UgcHandler:
     ) -> None:
         self.settings = settings
         self.config = config or UgcConfig()
-        self.pairing = PageViewPairing(redis_client(settings), self.config)
+        self._pairing: PageViewPairing | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._fault = fault  # tests: raise at "after_insert" / "after_redis" / "sweep_insert"
@@ -165,6 +165,14 @@ class UgcHandler:
         if background_sweep:
             self._sweeper = threading.Thread(target=self._sweep_loop, name="ugc-sweep", daemon=True)
             self._sweeper.start()
+
+    @property
+    def pairing(self) -> PageViewPairing:
+        """Connected on first use: without Redis the pipeline reports "sink down" and
+        retries (the framework logs why) instead of stopping the process it shares."""
+        if self._pairing is None:
+            self._pairing = PageViewPairing(redis_client(self.settings), self.config)
+        return self._pairing
 
     def close(self) -> None:
         self._stop.set()
@@ -285,7 +293,7 @@ class UgcHandler:
 
 def build_handler(settings: Settings, _options: PipelineOptions) -> UgcHandler:
     if not settings.redis_url:
-        raise RuntimeError("the ugc pipeline pairs page views in Redis: set CLICKFLOW_REDIS_URL")
+        log.error("the ugc pipeline pairs page views in Redis: set CLICKFLOW_REDIS_URL")
     return UgcHandler(settings, UgcConfig())
 
 
