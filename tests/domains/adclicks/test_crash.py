@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -64,35 +65,40 @@ def test_sigkill_mid_stream_loses_and_double_counts_nothing(
         "CLICKFLOW_CLICKHOUSE_DATABASE": "clickflow",
         "CLICKFLOW_KAFKA_BOOTSTRAP": base_settings.kafka_bootstrap,
         "CLICKFLOW_ADCLICKS_TOPIC": topic,
-        "CLICKFLOW_LOG_LEVEL": "WARNING",
+        "CLICKFLOW_LOG_LEVEL": "INFO",
     }
     cmd = [sys.executable, "-m", "clickflow", "process", "adclicks"]
     cmd += ["--records", "400", "--seconds", "0.2"]
     ensure_topics(
         base_settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)]
     )
-    stream = make_stream(30_000, seed=99, topic=topic, copy_share=0.05)
+    stream = make_stream(36_000, seed=99, topic=topic, copy_share=0.05)
     total = sum(produce(base_settings, topic, stream.sends).values())
     assert total == len(stream.sends)
 
     watcher = Consumer(consumer_config(base_settings, "clickflow-adclicks"))
     log = open(tmp_path / "process.log", "wb")
-    first = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
-    try:
-        killed_at = _wait_committed(watcher, topic, first, total // 3, timeout=45)
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(10)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    assert killed_at < total, "the stream was over before the kill"
+    rng = random.Random(7)
+    # Two SIGKILLs at random moments after a third and two thirds of the stream were
+    # committed (mid-insert, between insert and commit, ...), then a run to the end.
+    for share in (1 / 3, 2 / 3):
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+        try:
+            _wait_committed(watcher, topic, proc, int(total * share), timeout=45)
+            time.sleep(rng.uniform(0.0, 0.3))
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert _committed(watcher, topic) < total, "the stream was over before the kill"
 
-    second = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+    last = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
-        _wait_committed(watcher, topic, second, total, timeout=45)
+        _wait_committed(watcher, topic, last, total, timeout=45)
     finally:
-        os.killpg(second.pid, signal.SIGTERM)
-        second.wait(20)
+        os.killpg(last.pid, signal.SIGTERM)
+        last.wait(20)
         watcher.close()
 
     out = subprocess.run(
