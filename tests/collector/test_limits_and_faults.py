@@ -78,3 +78,28 @@ def test_ops_endpoints(start_collector: StartCollector) -> None:
     for path in ("/docs", "/apidocs", "/apidocs/"):
         r = client.get(path)
         assert r.status_code == 200 and "swagger" in r.text.lower(), path
+
+
+def test_concurrent_burst_gets_exactly_the_bucket(start_collector: StartCollector) -> None:
+    """Requests arriving together are decided by one script call: still one token each."""
+    import asyncio
+
+    import httpx
+
+    client = start_collector(
+        options={"rate_per_second": 0.1, "rate_burst": 5, "trust_forwarded_for": True}
+    )
+    ip = f"10.{uuid.uuid4().int % 250}.1.1"
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=str(client.base_url)) as c:
+            rs = await asyncio.gather(
+                *(
+                    c.post("/v1/events", json=CLICK, headers={"X-Forwarded-For": ip})
+                    for _ in range(20)
+                )
+            )
+        return [r.status_code for r in rs]
+
+    codes = asyncio.run(burst())
+    assert sorted(codes) == [202] * 5 + [429] * 15

@@ -138,7 +138,6 @@ class Ingestor:
         verdicts, is_batch = envelope.parse(body, opts.max_batch_events)
         users = await self._authenticate(verdicts)
         results = await self._publish(verdicts, users)
-        self._count(results)
         return self._outcome(results) if is_batch else self._single_outcome(results[0])
 
     async def _authenticate(self, verdicts: list[Event | Rejected]) -> list[str]:
@@ -161,41 +160,52 @@ class Ingestor:
         return users
 
     async def _publish(self, verdicts: list[Event | Rejected], users: list[str]) -> list[Verdict]:
+        """Publish the valid events; a verdict per event. (A tight loop: it runs for every
+        event of every batch.)"""
         now_ms = time.time_ns() // 1_000_000
         results: list[Verdict] = []
         records: list[tuple[bytes, bytes]] = []
+        add_result, add_record = results.append, records.append
         encode, new_id = self._encoder.encode, self._ids.next
+        accepted: dict[str, int] = {}
         for i, v in enumerate(verdicts):
-            if isinstance(v, Rejected):
-                results.append(Refused(i, v.field, v.reason, v.kind))
+            if v.__class__ is Rejected:
+                add_result(Refused(i, v.field, v.reason, v.kind))  # type: ignore[union-attr]
                 continue
-            kind, event_id, user_id = v.kind, v.event_id or new_id(), users[i]
-            record = UgcRecord(kind, event_id, user_id, now_ms, v.data)  # type: ignore[arg-type]
-            records.append((user_id.encode(), encode(record)))
-            results.append(Accepted(i, kind, event_id))
+            kind, event_id, user_id = v.kind, v.event_id or new_id(), users[i]  # type: ignore[union-attr]
+            record = UgcRecord(kind, event_id, user_id, now_ms, v.data)  # type: ignore[union-attr,arg-type]
+            add_record((user_id.encode(), encode(record)))
+            add_result(Accepted(i, kind, event_id))
+            accepted[kind] = accepted.get(kind, 0) + 1
+        failed: dict[str, int] = {}
         if records:
             errors = await self._publisher.publish(self._topic, records)
-            pending = iter(errors)
-            for j, r in enumerate(results):
-                if isinstance(r, Accepted) and (err := next(pending)) is not None:
-                    results[j] = NotStored(r.index, r.event, r.event_id, err)
-                    PUBLISH_ERRORS.labels(_error_reason(err)).inc()
+            if any(e is not None for e in errors):
+                pending = iter(errors)
+                for j, r in enumerate(results):
+                    if isinstance(r, Accepted) and (err := next(pending)) is not None:
+                        results[j] = NotStored(r.index, r.event, r.event_id, err)
+                        PUBLISH_ERRORS.labels(_error_reason(err)).inc()
+                        accepted[r.event] -= 1
+                        failed[r.event] = failed.get(r.event, 0) + 1
+        self._count("accepted", accepted)
+        self._count("failed", failed)
+        if len(records) < len(results):
+            rejected: dict[str, int] = {}
+            for r in results:
+                if isinstance(r, Refused):
+                    label = _kind_label(r.event)
+                    rejected[label] = rejected.get(label, 0) + 1
+            self._count("rejected", rejected)
         return results
 
-    def _count(self, results: list[Verdict]) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for r in results:
-            verdict = (
-                "accepted"
-                if isinstance(r, Accepted)
-                else ("rejected" if isinstance(r, Refused) else "failed")
-            )
-            key = (_kind_label(r.event), verdict)
-            counts[key] = counts.get(key, 0) + 1
-        for key, n in counts.items():
-            child = self._event_counters.get(key)
+    def _count(self, verdict: str, by_kind: dict[str, int]) -> None:
+        for kind, n in by_kind.items():
+            if not n:
+                continue
+            child = self._event_counters.get((kind, verdict))
             if child is None:
-                child = self._event_counters[key] = EVENTS.labels(*key)
+                child = self._event_counters[(kind, verdict)] = EVENTS.labels(kind, verdict)
             child.inc(n)
 
     @staticmethod

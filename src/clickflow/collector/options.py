@@ -31,7 +31,7 @@ class CollectorOptions(BaseSettings):
     # client retry beats a hanging request.
     topic: str = UGC_TOPIC
     publish_timeout_ms: int = Field(default=2000, ge=100)
-    linger_ms: int = Field(default=2, ge=0)
+    linger_ms: int = Field(default=1, ge=0)  # measured: 1 ms gives the lowest p50 on tansu
 
     # Auth service: time allowed for POST {auth_url}/verify before the local JWT check.
     auth_timeout_seconds: float = Field(default=1.0, gt=0)
