@@ -53,6 +53,10 @@ def serve(
     except RuntimeStartError as e:
         raise SystemExit(f"clickflow: {e}") from None
     migrate_clickhouse(settings)
+    if settings.postgres_url:
+        from clickflow.migrations import migrate_postgres
+
+        migrate_postgres(settings)
     consumers = []
     if pipelines:
         specs = [s for s in all_pipelines().values() if s.store == "clickhouse"]
@@ -90,9 +94,11 @@ def collect() -> None:
 @app.command()
 def process(
     names: Annotated[list[str], typer.Argument(help="pipeline names (see `clickflow pipelines`)")],
-    mode: Annotated[str, typer.Option(help="batch trigger: count, time or hybrid")] = "hybrid",
-    records: Annotated[int, typer.Option(help="N: records per batch")] = 5000,
-    seconds: Annotated[float, typer.Option(help="X: seconds per batch")] = 1.0,
+    mode: Annotated[
+        str | None, typer.Option(help="batch trigger: count, time or hybrid (default: pipeline's)")
+    ] = None,
+    records: Annotated[int | None, typer.Option(help="N: records per batch")] = None,
+    seconds: Annotated[float | None, typer.Option(help="X: seconds per batch")] = None,
     delivery: Annotated[
         str | None, typer.Option(help="at-least-once or exactly-once (default: the pipeline's)")
     ] = None,
@@ -111,9 +117,24 @@ def process(
         raise typer.BadParameter(f"unknown pipeline(s) {unknown}; known: {sorted(specs)}")
 
     def options(name: str) -> PipelineOptions:
+        default = specs[name].default_options
         try:
-            chosen = Delivery(delivery) if delivery else specs[name].default_options.delivery
-            return PipelineOptions(BatchTrigger.from_mode(mode, records, seconds), chosen, group)
+            chosen = Delivery(delivery) if delivery else default.delivery
+            trigger = default.trigger
+            if mode or records or seconds:
+                default_mode = (
+                    "hybrid"
+                    if trigger.max_records and trigger.max_seconds
+                    else "count"
+                    if trigger.max_records
+                    else "time"
+                )
+                trigger = BatchTrigger.from_mode(
+                    mode or default_mode,
+                    records or trigger.max_records or 5000,
+                    seconds or trigger.max_seconds or 1.0,
+                )
+            return PipelineOptions(trigger, chosen, group or default.group)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
 
