@@ -83,20 +83,25 @@ def start_collector(collector_settings: Settings, topic: str) -> Iterator[StartC
         cm.__exit__(None, None, None)
 
 
-def read_records(settings: Settings, topic: str, n: int, timeout: float = 10.0) -> list[UgcRecord]:
-    """The first ``n`` records of every partition of ``topic`` (fails if fewer arrive)."""
+def read_raw(settings: Settings, topic: str, n: int, timeout: float = 10.0) -> list[bytes]:
+    """The values of the first ``n`` records of ``topic`` (all partitions; fewer if fewer
+    arrive in time). Each record's key must be its user_id: the collector keys by user."""
     consumer = Consumer(consumer_config(settings, f"read-{uuid.uuid4().hex[:8]}"))
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-        out: list[UgcRecord] = []
+        out: list[bytes] = []
         deadline = time.monotonic() + timeout
         while len(out) < n and time.monotonic() < deadline:
             for m in consumer.consume(1000, 0.2):
                 if m.error() is None:
                     rec = msgspec.json.decode(m.value(), type=UgcRecord)
-                    assert m.key() == rec.user_id.encode()  # keyed by user
-                    out.append(rec)
+                    assert m.key() == rec.user_id.encode()
+                    out.append(m.value())
         return out
     finally:
         consumer.close()
+
+
+def read_records(settings: Settings, topic: str, n: int, timeout: float = 10.0) -> list[UgcRecord]:
+    return [msgspec.json.decode(v, type=UgcRecord) for v in read_raw(settings, topic, n, timeout)]

@@ -54,14 +54,20 @@ class Services:
     topics_task: asyncio.Task[None] | None
 
 
-def topic_specs(settings: Settings, options: CollectorOptions) -> list[TopicSpec]:
-    return [TopicSpec(options.topic, settings.kafka_topic_partitions)]
+def topic_spec(options: CollectorOptions) -> TopicSpec:
+    """The topic the UGC pipeline reads, with its partition count (one place configures
+    both: ``CLICKFLOW_UGC_TOPIC`` / ``CLICKFLOW_UGC_PARTITIONS``)."""
+    from clickflow.domains.ugc.config import UgcConfig
+
+    ugc = UgcConfig()
+    return TopicSpec(options.topic or ugc.topic, ugc.partitions)
 
 
-async def _ensure_topics(settings: Settings, options: CollectorOptions) -> asyncio.Task | None:
+async def _ensure_topics(
+    settings: Settings, options: CollectorOptions, specs: list[TopicSpec]
+) -> asyncio.Task | None:
     """Create the topic now if Kafka answers within the publish timeout; otherwise keep trying
     in the background (the collector starts anyway and answers 503 until Kafka is back)."""
-    specs = topic_specs(settings, options)
     first_timeout = max(0.5, options.publish_timeout_ms / 1000)
     try:
         await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, specs, first_timeout)
@@ -83,7 +89,8 @@ async def _ensure_topics(settings: Settings, options: CollectorOptions) -> async
 
 
 async def start_services(settings: Settings, options: CollectorOptions) -> Services:
-    topics_task = await _ensure_topics(settings, options)
+    topic = topic_spec(options)
+    topics_task = await _ensure_topics(settings, options, [topic])
     publisher = KafkaPublisher(
         producer_config(
             settings,
@@ -105,7 +112,7 @@ async def start_services(settings: Settings, options: CollectorOptions) -> Servi
     verifier = TokenVerifier(
         settings.auth_url, settings.jwt_secret, redis, http, options.invalid_token_cache_seconds
     )
-    ingestor = Ingestor(options, verifier, publisher, options.topic)
+    ingestor = Ingestor(options, verifier, publisher, topic.name)
     return Services(ingestor, limiter, publisher, redis, http, topics_task)
 
 
