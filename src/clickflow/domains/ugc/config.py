@@ -8,7 +8,9 @@ Operation mode (the seed runs its ETL "by schedule"; continuous is the default h
   arrived meanwhile (the seed's "ETL by schedule").
 
 This chooses the pipeline's default trigger, used by ``clickflow serve``; ``clickflow process
-ugc`` takes the trigger from its own flags (``--mode time --seconds X`` = scheduled).
+ugc`` takes the trigger from its own flags (``--mode time --seconds X`` = scheduled;
+``--records 50000`` for throughput: every chunk costs one insert per table, so big batches
+are cheaper per event, and the timer still flushes a trickle every second).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class UgcConfig(BaseSettings):
 
     # Operation mode (see the module docstring).
     schedule_seconds: float | None = Field(default=None, gt=0)
-    batch_records: int = Field(default=5000, ge=1)
+    batch_records: int = Field(default=50_000, ge=1)  # big batches: fewer, larger inserts
     batch_seconds: float = Field(default=1.0, gt=0)
 
     # Pairing
