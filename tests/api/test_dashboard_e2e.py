@@ -3,7 +3,6 @@ changing numbers that match the query API; a screenshot is saved under test-outp
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clickflow.runtime.ports import free_port
+from tests.runtime.up_env import up_env
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
@@ -57,19 +56,7 @@ def _kpi(dom: str, element_id: str) -> int:
 
 @pytest.mark.slow
 def test_dashboard_shows_live_numbers_matching_the_api(tmp_path: Path) -> None:
-    ports = {n: free_port() for n in ("api", "collector", "generator", "auth", "grpc", "kafka")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKFLOW_")}
-    env.update(
-        {
-            "CLICKFLOW_DATA_DIR": str(tmp_path / "data"),
-            "CLICKFLOW_API_PORT": str(ports["api"]),
-            "CLICKFLOW_COLLECTOR_PORT": str(ports["collector"]),
-            "CLICKFLOW_GENERATOR_PORT": str(ports["generator"]),
-            "CLICKFLOW_AUTH_PORT": str(ports["auth"]),
-            "CLICKFLOW_GRPC_PORT": str(ports["grpc"]),
-            "CLICKFLOW_KAFKA_EMBEDDED_PORT": str(ports["kafka"]),
-        }
-    )
+    env, ports = up_env(tmp_path)
     up = subprocess.Popen(
         [sys.executable, "-m", "clickflow", "up", "--demo"],
         env=env,

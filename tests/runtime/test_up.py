@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,31 +12,12 @@ import httpx
 import psutil
 import pytest
 
-from clickflow.runtime.ports import free_port
-
-
-def _env(tmp: Path, ports: dict[str, int]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKFLOW_")}
-    env.update(
-        {
-            "CLICKFLOW_DATA_DIR": str(tmp / "data"),
-            "CLICKFLOW_API_PORT": str(ports["api"]),
-            "CLICKFLOW_COLLECTOR_PORT": str(ports["collector"]),
-            "CLICKFLOW_GENERATOR_PORT": str(ports["generator"]),
-            "CLICKFLOW_AUTH_PORT": str(ports["auth"]),
-            "CLICKFLOW_GRPC_PORT": str(ports["grpc"]),
-            "CLICKFLOW_KAFKA_EMBEDDED_PORT": str(ports["kafka"]),
-        }
-    )
-    return env
+from .up_env import up_env
 
 
 @pytest.mark.slow
 def test_up_serves_health_and_stops_cleanly(tmp_path: Path) -> None:
-    ports = {
-        name: free_port() for name in ("api", "collector", "generator", "auth", "grpc", "kafka")
-    }
-    env = _env(tmp_path, ports)
+    env, ports = up_env(tmp_path)
     up = subprocess.Popen(
         [sys.executable, "-m", "clickflow", "up", "--demo"],
         env=env,

@@ -1,0 +1,27 @@
+"""Environment for running `clickflow up` in a test: free ports and a private data dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from clickflow.runtime.ports import free_port
+
+SERVICES = ("api", "collector", "generator", "auth", "grpc", "kafka")
+
+
+def up_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    ports = {name: free_port() for name in SERVICES}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKFLOW_")}
+    env.update(
+        {
+            "CLICKFLOW_DATA_DIR": str(tmp_path / "data"),
+            "CLICKFLOW_API_PORT": str(ports["api"]),
+            "CLICKFLOW_COLLECTOR_PORT": str(ports["collector"]),
+            "CLICKFLOW_GENERATOR_PORT": str(ports["generator"]),
+            "CLICKFLOW_AUTH_PORT": str(ports["auth"]),
+            "CLICKFLOW_GRPC_PORT": str(ports["grpc"]),
+            "CLICKFLOW_KAFKA_EMBEDDED_PORT": str(ports["kafka"]),
+        }
+    )
+    return env, ports
