@@ -96,20 +96,36 @@ async def _fixed_rate(host: str, port: int, body: bytes, rate: float, seconds: f
     statuses: dict[int, int] = {}
     opened = 0
 
-    async def one(due: float) -> None:
-        nonlocal opened
-        if idle:
-            reader, writer = idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(host, port)
-            opened += 1
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
         writer.write(request)
-        status = int((await reader.readline()).split()[1])
+        status_line = await reader.readline()
+        if not status_line:
+            raise ConnectionResetError("closed")
         length = 0
         while (line := await reader.readline()) not in (b"\r\n", b""):
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
         await reader.readexactly(length)
+        return int(status_line.split()[1])
+
+    async def one(due: float) -> None:
+        nonlocal opened
+        while True:
+            fresh = not idle
+            if fresh:
+                reader, writer = await asyncio.open_connection(host, port)
+                opened += 1
+            else:
+                reader, writer = idle.pop()
+            try:
+                status = await exchange(reader, writer)
+                break
+            except (ConnectionError, asyncio.IncompleteReadError):
+                writer.close()
+                if fresh:
+                    raise
+                # an idle keep-alive connection the server closed: retry on a new one (the
+                # latency still counts from when the request was due)
         latencies.append(time.perf_counter() - due)
         statuses[status] = statuses.get(status, 0) + 1
         idle.append((reader, writer))

@@ -103,3 +103,30 @@ def test_concurrent_burst_gets_exactly_the_bucket(start_collector: StartCollecto
 
     codes = asyncio.run(burst())
     assert sorted(codes) == [202] * 5 + [429] * 15
+
+
+def test_the_declared_route_serves_the_same_handler(
+    collector_settings: Settings, topic: str
+) -> None:
+    """Reached through FastAPI's router (as when mounted elsewhere), not the direct path."""
+    import asyncio
+
+    import httpx
+
+    from clickflow.collector.app import create_app
+    from clickflow.collector.options import CollectorOptions
+
+    app = create_app(collector_settings, CollectorOptions(topic=topic, rate_per_second=0))
+
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=super(type(app), app).__call__)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                ok = await c.post("/v1/events", json=CLICK)
+                bad = await c.post("/v1/events", json={"event": "element_click", "data": {}})
+        return ok, bad
+
+    ok, bad = asyncio.run(go())
+    assert ok.status_code == 202 and ok.json()["status"] == "accepted"
+    assert bad.status_code == 422 and bad.json()["field"] == "data.element_type"
+    assert len(read_records(collector_settings, topic, 1)) == 1
