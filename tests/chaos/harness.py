@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,7 +26,8 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from clickflow.config import Settings
-from clickflow.kafka.config import consumer_config
+from clickflow.kafka.config import consumer_config, producer_config
+from clickflow.kafka.producer import EventProducer
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,9 @@ class Profile:
     collector_restarts: int = 0
 
 
-SHORT = Profile("short", events=3000, rate=600, kills=1, outages=1, outage_seconds=1.5)
+SHORT = Profile("short", events=2000, rate=200, kills=1, outages=1, outage_seconds=1.5)
 LONG = Profile(
-    "long", events=40_000, rate=2500, kills=5, outages=3, outage_seconds=3.0, collector_restarts=3
+    "long", events=40_000, rate=700, kills=5, outages=3, outage_seconds=3.0, collector_restarts=3
 )
 
 
@@ -239,7 +241,49 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-# -- Kafka read-backs ----------------------------------------------------------------------
+# -- Kafka ----------------------------------------------------------------------------------
+
+
+class Sender(threading.Thread):
+    """Sends ``(key, value, partition or None)`` records at ``rate`` per second and remembers
+    where each one landed (its partition and offset)."""
+
+    def __init__(self, settings: Settings, topic: str, records: list, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.producer = EventProducer(producer_config(settings))
+        self.topic, self.records, self.rate = topic, records, rate
+        self.landed: list[tuple[int, int] | None] = [None] * len(records)
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for i, (key, value, part) in enumerate(self.records):
+
+            def done(err, msg, i: int = i) -> None:
+                if err is not None:
+                    self.errors.append(str(err))
+                else:
+                    self.landed[i] = (msg.partition(), msg.offset())
+
+            self.producer.send(self.topic, value, key=key, partition=part, on_delivery=done)
+            if i % 100 == 99:
+                self.producer.poll(0)
+                ahead = (i + 1) / self.rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        if self.producer.flush(30):
+            self.errors.append("records not acknowledged")
+
+    def ends(self) -> dict[int, int]:
+        """Per partition: the last acknowledged offset + 1."""
+        out: dict[int, int] = {}
+        for p, o in filter(None, self.landed):
+            out[p] = max(out.get(p, 0), o + 1)
+        return out
+
+    def finish(self, timeout: float = 120) -> None:
+        self.join(timeout)
+        assert not self.is_alive() and not self.errors, self.errors[:3]
 
 
 def committed(settings: Settings, group: str, topic: str, partitions: int) -> dict[int, int]:
@@ -315,7 +359,8 @@ def shake(
     """Inject the profile's faults into a running pipeline while traffic flows.
 
     ``progress()`` returns the records committed so far: each fault waits until the pipeline
-    made progress since the previous one (so it hits a working consumer, mid-stream)."""
+    made progress since the previous one (so it hits a working consumer, mid-stream), or
+    15 s when there is nothing left to consume."""
     faults: list[str] = ["kill"] * profile.kills + ["outage"] * profile.outages
     faults += ["extra"] * (len(extra or []) and profile.collector_restarts)
     rng.shuffle(faults)
@@ -325,10 +370,9 @@ def shake(
     proc.start()
     for fault in faults:
         before = progress()
-        deadline = time.monotonic() + 60
-        while progress() <= before:
+        deadline = time.monotonic() + 15  # then the stream is over: inject the fault anyway
+        while progress() <= before and time.monotonic() < deadline:
             proc.check()
-            assert time.monotonic() < deadline, f"no progress before a fault:\n{proc.tail()}"
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.3))  # somewhere inside the next batch
         if fault == "kill":

@@ -5,7 +5,6 @@ counted once in the raw table and in the minute aggregates; the DLQ holds the br
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 from collections import Counter
@@ -14,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from clickflow.config import Settings
-from clickflow.kafka.config import producer_config
-from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from tests.domains.adclicks.streams import make_stream
 
@@ -26,6 +23,7 @@ from .harness import (
     PipelineProcess,
     Profile,
     Report,
+    Sender,
     base_env,
     caught_up,
     check_dlq,
@@ -42,35 +40,6 @@ PROFILES = [
 ]
 
 
-class Sender(threading.Thread):
-    """Sends the stream at ``rate`` records/s; remembers where each record landed."""
-
-    def __init__(self, settings: Settings, topic: str, sends: list, rate: float) -> None:
-        super().__init__(daemon=True)
-        self.producer = EventProducer(producer_config(settings))
-        self.topic, self.sends, self.rate = topic, sends, rate
-        self.landed: list[tuple[int, int] | None] = [None] * len(sends)
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        started = time.monotonic()
-        for i, (ev, part) in enumerate(self.sends):
-
-            def done(err, msg, i: int = i) -> None:
-                if err is not None:
-                    self.errors.append(str(err))
-                else:
-                    self.landed[i] = (msg.partition(), msg.offset())
-
-            self.producer.send(self.topic, ev.value, key=ev.key, partition=part, on_delivery=done)
-            if i % 100 == 99:
-                self.producer.poll(0)
-                ahead = (i + 1) / self.rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-        assert self.producer.flush(30) == 0
-
-
 @pytest.mark.parametrize("profile", PROFILES)
 def test_adclicks_survive_repeated_kills(
     base_settings: Settings, tmp_path: Path, profile: Profile
@@ -85,7 +54,9 @@ def test_adclicks_survive_repeated_kills(
     env = {**base_env(base_settings, tmp_path / "data"), "CLICKFLOW_ADCLICKS_TOPIC": topic}
     proc = PipelineProcess(["adclicks"], env, tmp_path / "process.log")
     stream = make_stream(profile.events, seed=21, topic=topic, copy_share=0.05)
-    sender = Sender(base_settings, topic, stream.sends, profile.rate)
+    sender = Sender(
+        base_settings, topic, [(ev.key, ev.value, p) for ev, p in stream.sends], profile.rate
+    )
     sender.start()
     # ClickHouse is in the consumer's process (chDB): killing it mid-insert is its outage.
     no_outage = Profile(**{**profile.__dict__, "outages": 0, "kills": profile.kills + 1})
@@ -100,11 +71,8 @@ def test_adclicks_survive_repeated_kills(
             [],
             random.Random(7),
         )
-        sender.join(120)
-        assert not sender.is_alive() and not sender.errors, sender.errors[:3]
-        ends: dict[int, int] = {}
-        for p, o in filter(None, sender.landed):
-            ends[p] = max(ends.get(p, 0), o + 1)
+        sender.finish()
+        ends = sender.ends()
         wait_until(
             lambda: caught_up(base_settings, [group], topic, ends, 4), proc, 120, "the last commit"
         )
