@@ -108,10 +108,15 @@ def throughput(settings: Settings, cfg: AdClicksConfig, clicks: int) -> dict:
     thread.join(60)
     ch = clickhouse_client(settings)
     counted = ch.query("SELECT sum(clicks) FROM ad_clicks_minute").result_rows[0][0]
+    raw_rows, raw_distinct = ch.query(
+        "SELECT count(), uniqExact(click_id) FROM ad_clicks_raw"
+    ).result_rows[0]
     return {
         "clicks": clicks,
         "valid_distinct": valid,
         "counted": int(counted),
+        "raw_rows": int(raw_rows),
+        "raw_distinct": int(raw_distinct),
         "generate_per_s": clicks / gen_s,
         "produce_per_s": clicks / produce_s,
         "drain_s": drain_s,
@@ -185,7 +190,8 @@ def main() -> None:
         print(
             f"throughput: {tp['pipeline_per_s']:,.0f} clicks/s end to end through the pipeline "
             f"({tp['clicks']:,} records in {tp['drain_s']:.1f} s, {tp['batches']} batches; "
-            f"counted {tp['counted']:,} of {tp['valid_distinct']:,} distinct valid clicks); "
+            f"counted {tp['counted']:,} of {tp['valid_distinct']:,} distinct valid clicks, "
+            f"raw store {tp['raw_rows']:,} rows / {tp['raw_distinct']:,} click_ids); "
             f"producer {tp['produce_per_s']:,.0f}/s, generator {tp['generate_per_s']:,.0f}/s"
         )
         assert tp["counted"] == tp["valid_distinct"], "the pipeline miscounted"

@@ -34,34 +34,40 @@ def origin(partition: int, offset: int) -> int:
 
 
 class SeenClicks:
-    """click_id -> origin, in generations of dicts (the oldest is dropped whole)."""
+    """click_id -> origin for the last ``window`` clicks of each partition.
 
-    def __init__(self, capacity: int, generations: int = 4) -> None:
-        self._gen_size = max(1, capacity // generations)
-        self._generations: deque[dict[str, int]] = deque([{}], maxlen=generations)
+    One dict for lookups (a copy may come from any partition); one FIFO per partition for
+    eviction, so a partition that is consumed slowly keeps its window however busy the
+    others are."""
+
+    def __init__(self, window: int) -> None:
+        self._window = window
+        self._origin: dict[str, int] = {}
+        self._order: dict[int, deque[str]] = {}
 
     def get(self, click_id: str) -> int | None:
-        for g in reversed(self._generations):
-            o = g.get(click_id)
-            if o is not None:
-                return o
-        return None
+        return self._origin.get(click_id)
 
     def __len__(self) -> int:
-        return sum(len(g) for g in self._generations)
+        return len(self._origin)
 
     def add(self, items: dict[str, int]) -> None:
-        """Add click_id -> origin entries (in the order given: oldest first)."""
-        current = self._generations[-1]
-        room = self._gen_size - len(current)
-        if len(items) <= room:
-            current.update(items)
+        """Add click_id -> origin entries, oldest first; known click_ids are left as they are."""
+        known = self._origin
+        new = [(cid, o) for cid, o in items.items() if cid not in known]
+        if not new:
             return
-        for cid, o in items.items():
-            current[cid] = o
-            if len(current) >= self._gen_size:
-                current = {}
-                self._generations.append(current)  # maxlen drops the oldest
+        known.update(new)
+        by_partition: dict[int, list[str]] = {}
+        for cid, o in new:
+            by_partition.setdefault(o >> _OFFSET_BITS, []).append(cid)
+        for p, cids in by_partition.items():
+            order = self._order.get(p)
+            if order is None:
+                order = self._order[p] = deque()
+            order.extend(cids)
+            for _ in range(len(order) - self._window):
+                del known[order.popleft()]
 
 
 RECENT_SQL = """

@@ -59,7 +59,7 @@ class AdClicksHandler:
         self.config = config
         self.lateness_ms = int(config.allowed_lateness_s * 1000)
         self.max_future_ms = int(config.max_future_s * 1000)
-        self.seen = SeenClicks(config.dedup_window * config.partitions)
+        self.seen = SeenClicks(config.dedup_window)
         self.max_event: dict[int, int] = {}  # partition -> max click time seen (ms)
         self._next_offset: dict[TP, int] = {}
 

@@ -157,3 +157,8 @@ def _ip(rng: random.Random) -> str:
     if rng.random() < 0.2:
         return "2001:db8:" + ":".join(f"{rng.getrandbits(16):x}" for _ in range(6))
     return ".".join(str(rng.randrange(1, 255)) for _ in range(4))
+
+
+def factory(**kwargs: object) -> AdClickFactory:
+    """The generator's entry point (``clickflow generate --domain adclicks``)."""
+    return AdClickFactory(**kwargs)  # type: ignore[arg-type]
