@@ -24,6 +24,11 @@ def verifications(result: str) -> float:
     return v or 0.0
 
 
+def cache_hits() -> float:
+    labels = {"source": "cache", "result": "valid"}
+    return REGISTRY.get_sample_value("clickflow_collector_token_checks_total", labels) or 0.0
+
+
 def event(token: str | None) -> dict:
     return {"event": "element_click", "token": token, "data": CLICK}
 
@@ -59,8 +64,14 @@ def test_valid_token_becomes_user_id_and_is_cached_for_its_lifetime(
     r = client.post("/v1/events", json=[event(token), event(token)])
     assert r.status_code == 202 and r.json()["accepted"] == 2
     assert verifications("valid") == calls + 1  # cache hit: the auth service was not asked
-    records = read_records(settings, topic, 3)
-    assert [r.user_id for r in records] == ["user-42"] * 3
+    # another replica (empty in-process cache) finds the answer in Redis
+    replica = start_collector(auth_url=auth_url)
+    redis_hits = cache_hits()
+    assert replica.post("/v1/events", json=event(token)).status_code == 202
+    assert verifications("valid") == calls + 1
+    assert cache_hits() == redis_hits + 1
+    records = read_records(settings, topic, 4)
+    assert [r.user_id for r in records] == ["user-42"] * 4
     assert all(b"token" not in msg for msg in (str(r).encode() for r in records))
 
 
@@ -69,8 +80,8 @@ def test_cache_answers_instead_of_the_auth_service(
 ) -> None:
     """What Redis says wins over the token's own claims: the cache is really consulted."""
     client = start_collector(auth_url=auth_url)
-    token, _ = issue_token(JWT_SECRET, "claimed-user", ttl_seconds=600)
-    redis.Redis.from_url(redis_url).set(cache_key(token), b"cached-user", ex=60)
+    token, exp = issue_token(JWT_SECRET, "claimed-user", ttl_seconds=600)
+    redis.Redis.from_url(redis_url).set(cache_key(token), f'["cached-user",{exp}]', ex=60)
     assert client.post("/v1/events", json=event(token)).status_code == 202
     assert read_records(settings, topic, 1)[0].user_id == "cached-user"
 
