@@ -44,7 +44,7 @@ class Profile:
     collector_restarts: int = 0
 
 
-SHORT = Profile("short", events=2000, rate=200, kills=1, outages=1, outage_seconds=1.5)
+SHORT = Profile("short", events=1200, rate=150, kills=1, outages=1, outage_seconds=1.5)
 LONG = Profile(
     "long", events=40_000, rate=700, kills=5, outages=3, outage_seconds=3.0, collector_restarts=3
 )
@@ -172,6 +172,7 @@ import sys, orjson
 from clickflow.config import Settings
 from clickflow.stores.clickhouse import clickhouse_client
 ch = clickhouse_client(Settings())
+exec(sys.argv[1])
 out = []
 for q in orjson.loads(sys.stdin.buffer.read()):
     r = ch.query(q)
@@ -180,11 +181,12 @@ sys.stdout.buffer.write(orjson.dumps(out, default=str))
 """
 
 
-def sql(env: dict[str, str], *queries: str) -> list[list[dict]]:
+def sql(env: dict[str, str], *queries: str, prelude: str = "") -> list[list[dict]]:
     """Run ClickHouse queries in one subprocess on the pipeline's chDB (after it stopped:
-    chDB allows one process per data directory); the rows of each query, as dicts."""
+    chDB allows one process per data directory); the rows of each query, as dicts.
+    ``prelude``: Python run in that process first (e.g. a domain's maintenance step)."""
     out = subprocess.run(
-        [sys.executable, "-c", READ_BACK],
+        [sys.executable, "-c", READ_BACK, prelude],
         env=env,
         input=orjson.dumps(list(queries)),
         capture_output=True,
