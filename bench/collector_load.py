@@ -41,6 +41,7 @@ from clickflow.runtime.ports import free_port, wait_for_port
 from clickflow.runtime.redis_server import start_redis
 
 SECRET = "bench-secret-bench-secret-bench-secret!"
+COLLECTOR_PGID = 0  # set once the collector runs: its CPU per request is printed
 
 
 def event(i: int, token: str | None) -> dict:
@@ -170,12 +171,26 @@ def fixed_rate(host: str, port: int, body: bytes, rate: float, seconds: float) -
         return asyncio.run(_fixed_rate(host, port, body, rate, seconds))
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of every process in a process group, from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat: the process group
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(wrk: str, url: str, work: Path, body: bytes, connections: int, seconds: int) -> dict:
     body_file = work / f"body-{len(body)}.json"
     body_file.write_bytes(body)
     script = work / "post.lua"
     script.write_text(LUA.format(body=body_file))
     threads = max(1, min(2, connections))
+    cpu0 = group_cpu_seconds(COLLECTOR_PGID) if COLLECTOR_PGID else 0.0
     out = subprocess.run(
         [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
         capture_output=True,
@@ -186,14 +201,17 @@ def run_wrk(wrk: str, url: str, work: Path, body: bytes, connections: int, secon
     r = json.loads(line[2:])
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     r["connections"] = connections
+    if COLLECTOR_PGID:
+        r["cpu_us"] = (group_cpu_seconds(COLLECTOR_PGID) - cpu0) / max(1, r["requests"]) * 1e6
     return r
 
 
 def fmt(r: dict) -> str:
+    cpu = f"  collector CPU {r['cpu_us']:,.0f} us/req" if "cpu_us" in r else ""
     return (
         f"c={r['connections']:>3}  {r['rps']:>9.0f} req/s  p50 {r['p50_us'] / 1000:6.2f} ms  "
         f"p90 {r['p90_us'] / 1000:6.2f} ms  p99 {r['p99_us'] / 1000:6.2f} ms  "
-        f"non-2xx {r['non2xx']}  socket errors {r['socket_errors']}"
+        f"non-2xx {r['non2xx']}  socket errors {r['socket_errors']}{cpu}"
     )
 
 
@@ -263,6 +281,8 @@ def main() -> None:
             start_new_session=True,
         )
         procs.append(collector)
+        global COLLECTOR_PGID
+        COLLECTOR_PGID = collector.pid  # start_new_session: its own process group
         if not wait_for_port("127.0.0.1", port, 30):
             raise SystemExit(f"collector did not start: see {work}/collector.log")
         url = f"http://127.0.0.1:{port}/v1/events"
@@ -278,7 +298,9 @@ def main() -> None:
         run_wrk(wrk, url, work, single, 8, 3)  # warm-up
 
         print(f"\n1) fixed rate, {args.rate:.0f} req/s, single events (open-loop asyncio client)")
+        cpu0 = group_cpu_seconds(collector.pid)
         fixed = fixed_rate("127.0.0.1", port, single, args.rate, args.duration)
+        fixed["cpu_us"] = (group_cpu_seconds(collector.pid) - cpu0) / fixed["requests"] * 1e6
         print("   " + fmt(fixed) + "  (c = connections opened)")
 
         print("\n2) max single-event req/s with p99 < 100 ms (closed loop)")
@@ -295,7 +317,8 @@ def main() -> None:
         for c in (1, 2, 4, 8):
             res = run_wrk(wrk, url, work, batch, c, args.duration)
             res["eps"] = res["rps"] * args.batch
-            print("   " + fmt(res) + f"  = {res['eps']:,.0f} events/s")
+            per_event = res.get("cpu_us", 0) / args.batch
+            print("   " + fmt(res) + f"  = {res['eps']:,.0f} events/s ({per_event:.1f} us/event)")
             if res["non2xx"] == 0 and (best_batch is None or res["eps"] > best_batch["eps"]):
                 best_batch = res
 
