@@ -63,7 +63,9 @@ def storage(
     if bad := set(keys) - set(st.STORES):
         raise typer.BadParameter(f"unknown stores {sorted(bad)}; choose from {st.STORES}")
     work = st.scratch_dir()
-    os.environ["TMPDIR"] = str(work)  # chDB writes insert data to $TMPDIR
+    old_tmp = os.environ.get("TMPDIR")
+    if "chdb" in keys:
+        os.environ["TMPDIR"] = str(work)  # chDB writes insert data to $TMPDIR
     for n in list(sizes):
         if n > st.CACHE_LIMIT and not big:
             console.print(f"[yellow]skipping {n:,} rows: pass --big to run sizes above 20M")
@@ -83,6 +85,10 @@ def storage(
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+        if old_tmp is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old_tmp
     console.print(_storage_table(res, runs))
     folder = results or (bench_dir() / "results" if bench_dir().is_dir() else None)
     if folder is not None:

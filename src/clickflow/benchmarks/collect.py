@@ -51,6 +51,8 @@ def parse_table(text: str, source: str) -> list[Figure]:
 def collect(results_dir: Path) -> list[Figure]:
     figures: list[Figure] = []
     for path in sorted(results_dir.glob("*.md")):
+        if path.name == "RESULTS.md":
+            continue
         figures.extend(parse_table(path.read_text(), path.stem))
     return figures
 

@@ -1,0 +1,116 @@
+"""The storage study on real stores at 20k rows, and the results collector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clickflow.benchmarks import collect
+from clickflow.benchmarks import storage as st
+
+ROWS = 20_000
+
+
+def test_data_follows_the_documented_distribution() -> None:
+    times, users, codes, values = st.columns(0, 50_000)
+    assert times.min() >= st.START and times.max() < st.START + 30 * 86_400
+    assert times.max() - times.min() > 29 * 86_400  # spread over the 30 days
+    assert users.min() >= 1 and users.max() <= 100_000 and len(np.unique(users)) > 35_000
+    assert sorted(np.unique(codes)) == list(range(10))
+    assert 0 <= values.min() and values.max() < 1000 and abs(values.mean() - 500) < 10
+    # The same block twice: every store gets identical rows.
+    again = st.columns(0, 50_000)
+    expected = (times, users, codes, values)
+    assert all(np.array_equal(a, b) for a, b in zip(again, expected, strict=True))
+
+
+def test_storage_bench_on_chdb_postgres_duckdb(
+    tmp_path: Path, clickhouse_dsn: str, ch_database: str, postgres_url: str
+) -> None:
+    results = st.run(
+        [ROWS],
+        runs=2,
+        workdir=tmp_path,
+        clickhouse_dsn=clickhouse_dsn,
+        clickhouse_database=ch_database,
+        postgres_url=postgres_url,
+    )
+    assert [r.store for r in results] == ["ClickHouse (chDB)", "PostgreSQL", "DuckDB"]
+    for r in results:
+        # Each store's GROUP BY answer was compared with numpy's over the generated rows.
+        assert r.correct, f"{r.store}: {r.error}"
+        assert r.rows == ROWS and r.insert_s > 0 and len(r.query_runs) == 2
+    # The truth itself, computed independently of the data set's own bookkeeping.
+    _t, _u, codes, values = st.columns(0, ROWS)
+    data = st.DataSet(ROWS)
+    data.generate()
+    for i, name in enumerate(st.EVENT_TYPES):
+        assert data.truth[name][0] == int((codes == i).sum())
+        assert data.truth[name][1] == pytest.approx(values[codes == i].mean())
+
+    # The collector puts our rows beside the seed's.
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    (results_dir / "storage.md").write_text(st.results_markdown(results, 2))
+    (results_dir / "storage.json").write_text(json.dumps(st.results_json(results, 2)))
+    text = collect.render(results_dir)
+    assert "| ClickHouse (seed 003) | 10M | 46.64 s |" in text
+    assert "| Vertica (seed 003) | 10M | 100.43 s |" in text
+    for r in results:
+        assert f"| {r.store} | 20k | {r.insert_s:.2f} s |" in text
+    assert "Vertica: not run" in text
+
+
+def test_check_rejects_a_wrong_answer() -> None:
+    truth = {"a": (3, 2.0), "b": (1, 5.0)}
+    assert st.check([("a", 3, 2.0), ("b", 1, 5.0)], truth) == ""
+    assert "count(a)" in st.check([("a", 4, 2.0), ("b", 1, 5.0)], truth)
+    assert "avg(b)" in st.check([("a", 3, 2.0), ("b", 1, 5.1)], truth)
+    assert "event types" in st.check([("a", 3, 2.0)], truth)
+
+
+def test_collector_keeps_every_figure_and_skips_other_tables(tmp_path: Path) -> None:
+    (tmp_path / "alpha.md").write_text(
+        "| figure | goal | value | machine | date |\n|---|---|---|---|---|\n"
+        "| a1 | >= 1 | 2 ev/s | m1 | 2026-01-01 |\n"
+        "| a2 | < 2 s | 1.5 s | m1 | 2026-01-01 |\n"
+        "\nsome text\n\n| other | table |\n|---|---|\n| x | y |\n"
+    )
+    (tmp_path / "beta.md").write_text(
+        "| figure | goal | value | machine | date |\n|---|---|---|---|---|\n"
+        "| b1 | - | 7 | m2 | 2026-01-02 |\n"
+    )
+    target = tmp_path / "RESULTS.md"
+    n = collect.write(tmp_path, target, notes=["beta.py: ok in 3 s"])
+    assert n == 3
+    text = target.read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| alpha") or ln.startswith("| beta")]
+    assert rows == [
+        "| alpha | a1 | >= 1 | 2 ev/s | m1 | 2026-01-01 |",
+        "| alpha | a2 | < 2 s | 1.5 s | m1 | 2026-01-01 |",
+        "| beta | b1 | - | 7 | m2 | 2026-01-02 |",
+    ]
+    assert "- beta.py: ok in 3 s" in text
+    assert "no storage run recorded" in text
+
+
+def test_cli_storage_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clickflow.cli import app
+
+    monkeypatch.setenv("CLICKFLOW_BENCH_DIR", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    out = tmp_path / "results"
+    res = CliRunner().invoke(
+        app,
+        ["bench", "storage", "--rows", "20k", "--runs", "1", "--stores", "duckdb", "--results",
+         str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Vertica" in res.output and "DuckDB" in res.output
+    md = (out / "storage.md").read_text()
+    assert "storage insert, 20,000 rows, DuckDB" in md
+    assert json.loads((out / "storage.json").read_text())[0]["correct"] is True
