@@ -183,6 +183,7 @@ def run_clickflow(settings, count: int, partitions: int) -> tuple[float, dict]:
     elapsed = time.perf_counter() - t0 - 0.2
     consumer.stop()
     th.join(30)
+    del consumer  # and its DLQ producer, before the broker goes away
     result = clickhouse_client(settings).query(
         "SELECT page_id, toUnixTimestamp(window_start), sumMerge(view_count), "
         "uniqExactMerge(unique_users) FROM page_views_agg_minute GROUP BY 1, 2"
@@ -199,7 +200,8 @@ def run_quix(bootstrap: str, topic: str, expected: int, work: Path) -> tuple[flo
         "--group", "bench-quix", "--expected", str(expected), "--state-dir",
         str(work / "quix-state"), "--out", str(out),
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, timeout=1800)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    subprocess.run(cmd, check=True, timeout=1800, env=env)
     data = json.loads(out.read_text())
     rows = {(p, int(m)): (int(c), int(u)) for p, m, c, u in data["rows"]}
     return data["seconds"], data["with_join"], rows
