@@ -152,8 +152,11 @@ def _write_storage(folder: Path, res, runs: int) -> None:
     from clickflow.benchmarks import storage as st
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "storage.md").write_text(st.results_markdown(res, runs))
-    (folder / "storage.json").write_text(json.dumps(st.results_json(res, runs), indent=1) + "\n")
+    path = folder / "storage.json"
+    old = json.loads(path.read_text()) if path.exists() else []
+    entries = st.merge(old, st.results_json(res, runs))
+    path.write_text(json.dumps(entries, indent=1) + "\n")
+    (folder / "storage.md").write_text(st.results_markdown(entries))
 
 
 @bench_app.command()

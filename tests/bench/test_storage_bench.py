@@ -61,8 +61,9 @@ def test_storage_bench_on_chdb_postgres_duckdb(
     # The collector puts our rows beside the seed's.
     results_dir = tmp_path / "results"
     results_dir.mkdir()
-    (results_dir / "storage.md").write_text(st.results_markdown(results, 2))
-    (results_dir / "storage.json").write_text(json.dumps(st.results_json(results, 2)))
+    entries = st.merge([], st.results_json(results, 2))
+    (results_dir / "storage.md").write_text(st.results_markdown(entries))
+    (results_dir / "storage.json").write_text(json.dumps(entries))
     text = collect.render(results_dir)
     assert "| ClickHouse (seed 003) | 10M | 46.64 s |" in text
     assert "| Vertica (seed 003) | 10M | 100.43 s |" in text
@@ -121,3 +122,13 @@ def test_cli_storage_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     md = (out / "storage.md").read_text()
     assert "storage insert, 20,000 rows, DuckDB" in md
     assert json.loads((out / "storage.json").read_text())[0]["correct"] is True
+
+
+def test_merge_keeps_other_sizes_and_replaces_reruns() -> None:
+    old = [{"rows": 10, "store": "A", "v": 1}, {"rows": 20, "store": "A", "v": 1}]
+    new = [{"rows": 20, "store": "A", "v": 2}, {"rows": 20, "store": "B", "v": 2}]
+    assert st.merge(old, new) == [
+        {"rows": 10, "store": "A", "v": 1},
+        {"rows": 20, "store": "A", "v": 2},
+        {"rows": 20, "store": "B", "v": 2},
+    ]

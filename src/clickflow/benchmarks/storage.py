@@ -429,29 +429,32 @@ def free_bytes(path: Path) -> int:
 # --------------------------------------------------------------------------- reporting
 
 
-def results_markdown(results: list[Result], runs: int) -> str:
-    """bench/results/storage.md: one row per figure, the seed's figures in the goal column."""
+def results_markdown(entries: list[dict]) -> str:
+    """bench/results/storage.md from storage.json entries: one row per figure, the seed's
+    figures in the goal column."""
     lines = ["| figure | goal | value | machine | date |", "|---|---|---|---|---|"]
     seed_insert = "seed 10M rows: ClickHouse 46.64 s, Vertica 100.43 s"
     seed_query = "seed 10M rows: ClickHouse 0.27 s, Vertica 0.73 s"
-    for r in results:
-        mark = "" if r.correct else f" (WRONG ANSWER: {r.error})"
+    for r in entries:
+        mark = "" if r["correct"] else " (WRONG ANSWER)"
         lines.append(
-            f"| storage insert, {r.rows:,} rows, {r.store} | {seed_insert} "
-            f"| {r.insert_s:.2f} s ({r.rows_per_s:,.0f} rows/s){mark} "
-            f"| {machine_with(r.load_insert)} | {today()} |"
+            f"| storage insert, {r['rows']:,} rows, {r['store']} | {seed_insert} "
+            f"| {r['insert_s']:.2f} s ({r['rows_per_s']:,} rows/s){mark} "
+            f"| {r['machine']}, {r['load_insert']} | {r['date']} |"
         )
         lines.append(
-            f"| storage query GROUP BY event_type, 8 threads, {r.rows:,} rows, {r.store} "
-            f"| {seed_query} | {r.query_s:.3f} s (median of {runs}){mark} "
-            f"| {machine_with(r.load_query)} | {today()} |"
+            f"| storage query GROUP BY event_type, 8 threads, {r['rows']:,} rows, {r['store']} "
+            f"| {seed_query} | {r['query_s']:.3f} s (median of {r['runs']}){mark} "
+            f"| {r['machine']}, {r['load_query']} | {r['date']} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def machine_with(load_text: str) -> str:
-    m = machine()
-    return m[: m.rfind("load ")] + load_text if load_text else m
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """Earlier figures of other sizes/stores stay; a store and size run again is replaced."""
+    key = lambda r: (r["rows"], r["store"])  # noqa: E731
+    fresh = {key(r) for r in new}
+    return sorted([r for r in old if key(r) not in fresh] + new, key=key)
 
 
 def results_json(results: list[Result], runs: int) -> list[dict]:
@@ -466,6 +469,7 @@ def results_json(results: list[Result], runs: int) -> list[dict]:
             "query_runs": [round(t, 4) for t in r.query_runs],
             "runs": runs,
             "correct": r.correct,
+            "machine": machine().rsplit(", load ", 1)[0],
             "load_insert": r.load_insert,
             "load_query": r.load_query,
             "date": today(),
