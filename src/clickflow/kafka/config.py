@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from clickflow.config import Settings
+
+#: librdkafka's own log lines (connection failures...) go through Python logging, as JSON.
+RDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -20,6 +24,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "message.timeout.ms": 30000,
         "socket.keepalive.enable": True,
         "log_level": 3,
+        "logger": RDKAFKA_LOG,
     }
     conf.update(overrides)
     return conf
@@ -39,6 +44,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "fetch.wait.max.ms": 50,
         "queued.min.messages": 100000,
         "log_level": 3,
+        "logger": RDKAFKA_LOG,
     }
     conf.update(overrides)
     return conf

@@ -291,16 +291,17 @@ class BatchConsumer:
             self._flush(consumer, give_up_on_failure=True)
 
     def _accept(self, msgs: list[Message]) -> int:
-        n = 0
-        buf = self._buffer
-        for m in msgs:
-            err = m.error()
-            if err is None:
-                buf.append(m)
-                n += 1
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consume error", extra=log_fields(pipeline=self.name, error=str(err)))
+        good = [m for m in msgs if m.error() is None]
+        if len(good) != len(msgs):
+            for m in msgs:
+                err = m.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    log.warning(
+                        "consume error", extra=log_fields(pipeline=self.name, error=str(err))
+                    )
+        n = len(good)
         if n:
+            self._buffer += good
             RECORDS_IN.labels(self.name).inc(n)
             self.stats.records += n
         return n
@@ -310,13 +311,25 @@ class BatchConsumer:
         self._held = []
         self._buffer = []
         by_tp: dict[TP, list[Message]] = {}
-        for m in msgs:
-            key = (m.topic(), m.partition())
-            lst = by_tp.get(key)
-            if lst is None:
-                by_tp[key] = [m]
-            else:
-                lst.append(m)
+        if len(self.topics) == 1:  # the common case: group by partition number only
+            topic = self.topics[0]
+            by_partition: dict[int, list[Message]] = {}
+            for m in msgs:
+                p = m.partition()
+                lst = by_partition.get(p)
+                if lst is None:
+                    by_partition[p] = [m]
+                else:
+                    lst.append(m)
+            by_tp = {(topic, p): lst for p, lst in by_partition.items()}
+        else:
+            for m in msgs:
+                key = (m.topic(), m.partition())
+                lst = by_tp.get(key)
+                if lst is None:
+                    by_tp[key] = [m]
+                else:
+                    lst.append(m)
         chunks: list[Chunk] = []
         for (topic, partition), lst in by_tp.items():
             plan = self._plans.get((topic, partition))
