@@ -16,6 +16,8 @@ router = APIRouter(
 
 TABLES = {"minute": "page_views_agg_minute", "hour": "page_views_agg_hour"}
 Granularity = Literal["minute", "hour"]
+# What a ClickHouse DateTime holds: times outside it are a client error, not a query error.
+STORABLE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2106, 1, 1, tzinfo=UTC))
 
 
 class PageStats(BaseModel):
@@ -56,8 +58,13 @@ def time_range(
     ] = None,
     to: Annotated[datetime | None, Query(description="end, exclusive (default: now)")] = None,
 ) -> tuple[datetime, datetime]:
-    end = _utc(to) if to else datetime.now(UTC) + timedelta(minutes=1)
-    start = _utc(from_) if from_ else end - timedelta(hours=1, minutes=1)
+    try:
+        end = _utc(to) if to else datetime.now(UTC) + timedelta(minutes=1)
+        start = _utc(from_) if from_ else end - timedelta(hours=1, minutes=1)
+    except OverflowError:
+        start = end = datetime.min.replace(tzinfo=UTC)
+    if not (STORABLE[0] <= start <= STORABLE[1] and STORABLE[0] <= end <= STORABLE[1]):
+        raise HTTPException(422, detail={"field": "from", "reason": "times must be in 1970..2105"})
     if start >= end:
         raise HTTPException(422, detail={"field": "from", "reason": "must be before 'to'"})
     if end - start > timedelta(days=400):
