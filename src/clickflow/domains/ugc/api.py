@@ -69,12 +69,21 @@ class TimeRange(BaseModel):
     end: datetime
 
 
+# What the tables' DateTime64 columns hold here: times outside are a client error.
+STORABLE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2106, 1, 1, tzinfo=UTC))
+
+
 def time_range(
     start: Annotated[datetime | None, Query(description="from (inclusive), ISO 8601")] = None,
     end: Annotated[datetime | None, Query(description="to (exclusive), ISO 8601")] = None,
 ) -> TimeRange:
-    end = _utc(end) if end else datetime.now(UTC)
-    start = _utc(start) if start else end - timedelta(days=1)
+    try:
+        end = _utc(end) if end else datetime.now(UTC)
+        start = _utc(start) if start else end - timedelta(days=1)
+    except OverflowError:
+        start = end = datetime.min.replace(tzinfo=UTC)
+    if not (STORABLE[0] <= start <= STORABLE[1] and STORABLE[0] <= end <= STORABLE[1]):
+        raise HTTPException(422, detail={"field": "start", "reason": "times must be in 1970..2105"})
     if start >= end:
         raise HTTPException(
             422,
