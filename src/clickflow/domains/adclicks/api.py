@@ -188,10 +188,26 @@ FINALITY_CACHE_S = 1.0  # watermarks move once per batch anyway
 # -- time ----------------------------------------------------------------------------------------
 
 
+# What a ClickHouse DateTime holds: times outside it are a client error, not a query error.
+STORABLE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2106, 1, 1, tzinfo=UTC))
+
+
 def _utc_minute(t: datetime) -> datetime:
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
-    return t.astimezone(UTC).replace(second=0, microsecond=0)
+    try:
+        return t.astimezone(UTC).replace(second=0, microsecond=0)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def _storable(t: datetime, field: str) -> datetime:
+    if not STORABLE[0] <= t <= STORABLE[1]:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail={"field": field, "reason": "times must be in 1970..2105"},
+        )
+    return t
 
 
 def _current_minute() -> datetime:
@@ -238,8 +254,8 @@ def aggregated_count(
     ] = None,
     filter: Annotated[str | None, Query(description=FILTER_DOC, max_length=4096)] = None,
 ) -> dict:
-    end = _utc_minute(to) if to else _current_minute()
-    start = _utc_minute(from_) if from_ else end - MINUTE
+    end = _storable(_utc_minute(to) if to else _current_minute(), "to")
+    start = _storable(_utc_minute(from_) if from_ else end - MINUTE, "from")
     if start >= end:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -284,8 +300,8 @@ def popular_ads(
         Query(description="end of the window, exclusive (default: the current minute)"),
     ] = None,
 ) -> dict:
-    end = _utc_minute(to) if to else _current_minute()
-    start = end - window * MINUTE
+    end = _storable(_utc_minute(to) if to else _current_minute(), "to")
+    start = _storable(end - window * MINUTE, "window")
     filters = parse_filter(filter)
     key = (
         settings.clickhouse_url,
