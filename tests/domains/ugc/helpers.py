@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Iterable
 
 import orjson
+from confluent_kafka import Consumer, TopicPartition
 
 from clickflow.config import Settings
 from clickflow.domains.ugc.config import UgcConfig
@@ -98,6 +99,24 @@ def produce(settings: Settings, topic: str, values: list[bytes]) -> dict[int, in
         p.send(topic, v, key=str(key).encode(), on_delivery=on_delivery)
     assert p.flush(15) == 0
     return last
+
+
+def log_order(settings: Settings, topic: str, last: dict[int, int]) -> list[bytes]:
+    """Every record of ``topic`` up to ``last``, partition by partition in offset order: the
+    order the pipeline sees (a producer retry may reorder what we sent)."""
+    c = Consumer(consumer_config(settings, f"reader-{uuid.uuid4().hex[:8]}"))
+    c.assign([TopicPartition(topic, p, 0) for p in last])
+    got: dict[int, list[tuple[int, bytes]]] = {p: [] for p in last}
+    deadline = time.monotonic() + 30
+    try:
+        while any((got[p][-1][0] if got[p] else -1) < o for p, o in last.items()):
+            assert time.monotonic() < deadline, "could not read the topic back"
+            for m in c.consume(10000, 0.2):
+                if m.error() is None and m.offset() <= last[m.partition()]:
+                    got[m.partition()].append((m.offset(), m.value()))
+    finally:
+        c.close()
+    return [v for p in sorted(got) for _, v in got[p]]
 
 
 class Tracking:

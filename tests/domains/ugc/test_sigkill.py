@@ -24,7 +24,7 @@ from clickflow.domains.ugc.traffic import UgcEventFactory
 from clickflow.kafka.config import consumer_config
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 
-from .helpers import BASE_TS, PAGE_VIEW_SQL, expected_page_views, produce
+from .helpers import BASE_TS, PAGE_VIEW_SQL, expected_page_views, log_order, produce
 
 READ_BACK = """
 import json, sys
@@ -107,6 +107,6 @@ def test_sigkill_in_the_middle_of_pairing_neither_loses_nor_duplicates(
         timeout=60,
     )
     rows = sorted(tuple(r) for r in json.loads(out.stdout))
-    expected = expected_page_views(values)
+    expected = expected_page_views(log_order(settings, topic, last))
     assert len(expected) > 500
     assert rows == expected
