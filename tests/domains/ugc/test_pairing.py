@@ -194,7 +194,12 @@ def test_crashes_at_every_step_neither_lose_nor_duplicate_page_views(
     }
     values = log_order(rsettings, topic, last)  # the truth in the order the pipeline saw
     assert page_views(rsettings) == expected_page_views(values, orphans=False)
-    h2.inner.sweep(now_ms=FAR_FUTURE_MS)
+    for _ in range(50):  # the sweep crashes at random too: the next one redoes its intent
+        try:
+            h2.inner.sweep(now_ms=FAR_FUTURE_MS)
+            break
+        except ConnectionError:
+            continue
     assert page_views(rsettings) == expected_page_views(values)
     broken = sum(v in broken_values for v in values)
     ch = clickhouse_client(rsettings)
