@@ -132,3 +132,41 @@ def test_merge_keeps_other_sizes_and_replaces_reruns() -> None:
         {"rows": 20, "store": "A", "v": 2},
         {"rows": 20, "store": "B", "v": 2},
     ]
+
+
+@pytest.mark.skipif(not HAS_DUCKDB, reason="duckdb is in the bench extra")
+def test_pipeline_runs_scripts_with_limits_and_collects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clickflow import bench_cli
+    from clickflow.cli import app
+
+    bench = tmp_path / "bench"
+    (bench / "results").mkdir(parents=True)
+    (bench / "ok.py").write_text(
+        "import sys, pathlib\n"
+        "assert sys.argv[1:] == ['--small'], sys.argv\n"
+        "(pathlib.Path(__file__).parent / 'results' / 'ok.md').write_text(\n"
+        "    '| figure | goal | value | machine | date |\\n|---|---|---|---|---|\\n'\n"
+        "    '| ok figure | >= 1 | 5 ev/s | m | 2026-01-01 |\\n')\n"
+    )
+    (bench / "slow.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(
+        bench_cli,
+        "PIPELINE_SCRIPTS",
+        {"ok.py": (["--small"], 60), "slow.py": ([], 2), "gone.py": ([], 60)},
+    )
+    monkeypatch.setattr(
+        bench_cli, "STORAGE_ARGS", ["--rows", "20k", "--runs", "1", "--stores", "duckdb"]
+    )
+    res = CliRunner().invoke(app, ["bench", "pipeline"])
+    assert res.exit_code == 0, res.output
+    text = (bench / "RESULTS.md").read_text()
+    assert "| ok | ok figure | >= 1 | 5 ev/s | m | 2026-01-01 |" in text
+    assert "| DuckDB | 20k |" in text  # the storage study ran and was collected
+    assert "- ok.py --small: ok in" in text
+    assert "- slow.py: timed out after 2 s" in text
+    assert "- gone.py: skipped, not in this checkout" in text
+    assert "- peers_quix.py: skipped, not in this checkout" in text
