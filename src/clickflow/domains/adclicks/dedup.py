@@ -72,15 +72,22 @@ class SeenClicks:
 
 RECENT_SQL = """
 SELECT click_id, kafka_partition, kafka_offset FROM ad_clicks_raw
-WHERE ingest_ms >= {since:Int64}
+WHERE ingest_ms >= {since:Int64} /*partitions*/
 ORDER BY kafka_offset DESC
 LIMIT {window:UInt64} BY kafka_partition
 """
 
 
-def load_recent(client: Client, since_ms: int, window: int) -> dict[str, int]:
-    """The last ``window`` clicks of each partition written since ``since_ms`` (Kafka time),
-    oldest first, as click_id -> origin."""
-    rows = client.query(RECENT_SQL, parameters={"since": since_ms, "window": window}).result_rows
+def load_recent(
+    client: Client, since_ms: int, window: int, partitions: list[int] | None = None
+) -> dict[str, int]:
+    """The last ``window`` clicks of each partition (or of ``partitions``) written since
+    ``since_ms`` (Kafka time), oldest first, as click_id -> origin."""
+    params: dict = {"since": since_ms, "window": window}
+    sql = RECENT_SQL.replace("/*partitions*/", "")
+    if partitions is not None:
+        params["ps"] = partitions
+        sql = RECENT_SQL.replace("/*partitions*/", "AND kafka_partition IN {ps:Array(UInt16)}")
+    rows = client.query(sql, parameters=params).result_rows
     rows.sort(key=lambda r: r[2])
     return {cid: origin(int(p), int(o)) for cid, p, o in rows}

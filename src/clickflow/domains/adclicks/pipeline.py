@@ -33,7 +33,7 @@ from clickflow.domains.adclicks.events import (
     encode_rows,
 )
 from clickflow.domains.adclicks.watermark import MINUTE_MS, load_partition_maxima, save_watermarks
-from clickflow.kafka.consumer import Batch, Chunk
+from clickflow.kafka.consumer import Batch, BatchTrigger, Chunk
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.logs import log_fields
@@ -62,22 +62,29 @@ class AdClicksHandler:
         self.seen = SeenClicks(config.dedup_window)
         self.max_event: dict[int, int] = {}  # partition -> max click time seen (ms)
         self._next_offset: dict[TP, int] = {}
+        self._warmed = False
 
     # -- state -------------------------------------------------------------------------------
 
-    def _warm(self, batch: Batch) -> None:
-        """Some partition is new to this process or its offsets jumped (start, crash,
-        rebalance): reload the recent click_ids of every partition and the watermarks."""
+    def _warm(self, batch: Batch, jumped: list[int]) -> None:
+        """Partitions new to this process or whose offsets jumped (start, crash, rebalance):
+        reload recent click_ids from the raw store — of every partition the first time
+        (a copy may sit on another partition), then of the jumped ones only — and the
+        persisted watermarks."""
         client = clickhouse_client(self.settings)
         first_ts = [c.messages[0].timestamp()[1] for c in batch.chunks]
         since = min(first_ts) - int(self.config.dedup_horizon_s * 1000)
-        items = load_recent(client, since, self.config.dedup_window)
+        only = jumped if self._warmed else None
+        items = load_recent(client, since, self.config.dedup_window, only)
         self.seen.add(items)
+        self._warmed = True
         for p, mx in load_partition_maxima(client, self.config.topic).items():
             self.max_event[p] = max(self.max_event.get(p, mx), mx)
         log.info(
             "dedup cache warmed",
-            extra=log_fields(pipeline="adclicks", click_ids=len(items), since_ms=since),
+            extra=log_fields(
+                pipeline="adclicks", partitions=only or "all", click_ids=len(items), since_ms=since
+            ),
         )
 
     # -- batch -------------------------------------------------------------------------------
@@ -88,10 +95,13 @@ class AdClicksHandler:
         touched: set[int] = set()
         # A retried batch (the sink failed part-way) also lands here: its written chunks are
         # replays (see _rows).
-        if any(
-            self._next_offset.get((c.topic, c.partition)) != c.first_offset for c in batch.chunks
-        ):
-            self._warm(batch)
+        jumped = [
+            c.partition
+            for c in batch.chunks
+            if self._next_offset.get((c.topic, c.partition)) != c.first_offset
+        ]
+        if jumped:
+            self._warm(batch, jumped)
         for chunk in batch.chunks:
             token = chunk.token(batch.group)
             tp = (chunk.topic, chunk.partition)
@@ -246,7 +256,8 @@ def pipeline_spec(config: AdClicksConfig | None = None) -> PipelineSpec:
         store="clickhouse",
         build_handler=lambda settings, _opts: AdClicksHandler(settings, cfg),
         build_intent_log=ClickHouseIntentLog,
-        default_options=PipelineOptions(),
+        # Large batches: fewer, bigger inserts (each feeds the view and the projection).
+        default_options=PipelineOptions(trigger=BatchTrigger(max_records=20_000, max_seconds=1.0)),
     )
 
 
