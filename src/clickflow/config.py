@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+SECRET_FIELDS = frozenset({"jwt_secret", "api_token"})
+
 
 class _TomlSource(PydanticBaseSettingsSource):
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
@@ -28,7 +30,14 @@ class _TomlSource(PydanticBaseSettingsSource):
             if os.environ.get("CLICKFLOW_CONFIG"):
                 raise FileNotFoundError(f"CLICKFLOW_CONFIG={path} does not exist")
             return {}
-        return tomllib.loads(p.read_text())
+        values = tomllib.loads(p.read_text())
+        found = sorted(SECRET_FIELDS & values.keys())
+        if found:
+            raise ValueError(
+                f"{', '.join(found)} in {path}: secrets are read from the environment only "
+                f"(set {', '.join('CLICKFLOW_' + f.upper() for f in found)})"
+            )
+        return values
 
 
 class Settings(BaseSettings):
