@@ -35,10 +35,9 @@ from clickflow.domains.adclicks.config import AdClicksConfig  # noqa: E402
 from clickflow.domains.adclicks.pipeline import pipeline_spec  # noqa: E402
 from clickflow.domains.adclicks.traffic import AdClickFactory  # noqa: E402
 from clickflow.kafka.config import producer_config  # noqa: E402
-from clickflow.kafka.consumer import BatchTrigger  # noqa: E402
 from clickflow.kafka.producer import EventProducer  # noqa: E402
 from clickflow.migrations import migrate_clickhouse  # noqa: E402
-from clickflow.pipelines import PipelineOptions, build_consumer  # noqa: E402
+from clickflow.pipelines import build_consumer  # noqa: E402
 from clickflow.stores.clickhouse import clickhouse_client  # noqa: E402
 
 LOAD_SQL = """
@@ -81,8 +80,7 @@ def throughput(settings: Settings, cfg: AdClicksConfig, clicks: int) -> dict:
     gen_s = time.perf_counter() - started
 
     spec = pipeline_spec(cfg)
-    opts = PipelineOptions(trigger=BatchTrigger(max_records=20_000, max_seconds=0.5))
-    consumer = build_consumer(settings, spec, opts)  # creates the topics
+    consumer = build_consumer(settings, spec)  # its default options; creates the topics
     producer = EventProducer(producer_config(settings, **{"linger.ms": 20}))
     started = time.perf_counter()
     for key, value in values:
@@ -122,6 +120,7 @@ def throughput(settings: Settings, cfg: AdClicksConfig, clicks: int) -> dict:
         "drain_s": drain_s,
         "pipeline_per_s": clicks / drain_s,
         "batches": consumer.stats.batches,
+        "trigger": spec.default_options.trigger,
     }
 
 
@@ -189,7 +188,8 @@ def main() -> None:
         tp = throughput(settings, cfg, args.clicks)
         print(
             f"throughput: {tp['pipeline_per_s']:,.0f} clicks/s end to end through the pipeline "
-            f"({tp['clicks']:,} records in {tp['drain_s']:.1f} s, {tp['batches']} batches; "
+            f"({tp['clicks']:,} records in {tp['drain_s']:.1f} s, {tp['batches']} batches of <= "
+            f"{tp['trigger'].max_records:,}; "
             f"counted {tp['counted']:,} of {tp['valid_distinct']:,} distinct valid clicks, "
             f"raw store {tp['raw_rows']:,} rows / {tp['raw_distinct']:,} click_ids); "
             f"producer {tp['produce_per_s']:,.0f}/s, generator {tp['generate_per_s']:,.0f}/s"
