@@ -128,6 +128,15 @@ def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
 
 def parse(body: bytes, max_batch: int) -> tuple[list[Event | Rejected], bool]:
     """A verdict per event of the body, and whether the body was a batch (a JSON array)."""
+    try:
+        return _parse(body, max_batch)
+    except RecursionError:  # msgspec's answer to JSON nested thousands deep
+        raise MalformedBody("malformed JSON: nested too deeply") from None
+    except UnicodeDecodeError as e:  # msgspec's answer to a string that is not UTF-8
+        raise MalformedBody(f"malformed JSON: invalid UTF-8 at byte {e.start}") from None
+
+
+def _parse(body: bytes, max_batch: int) -> tuple[list[Event | Rejected], bool]:
     s = schemas()
     head = body.lstrip()[:1]
     if head == b"[":
