@@ -49,7 +49,7 @@ def decode_page_view(raw: bytes, now: float) -> PageViewEvent:
         ev = _decoder.decode(raw)
     except msgspec.ValidationError as e:
         raise InvalidEvent(f"schema: {e}") from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidEvent(f"malformed JSON: {e}") from None
     if not ev.page_id.strip():
         raise InvalidEvent("page_id: empty")
