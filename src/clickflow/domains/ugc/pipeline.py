@@ -94,6 +94,8 @@ def decode_record(value: bytes | None) -> tuple[Any, msgspec.Struct]:
     except msgspec.DecodeError:
         _explain(value)  # raises the precise reason
         raise InvalidRecord("invalid record") from None
+    except (UnicodeDecodeError, RecursionError) as e:  # not UTF-8 / nested thousands deep
+        raise InvalidRecord(f"malformed JSON: {e}") from None
     if not rec.user_id or len(rec.user_id) > 128:
         raise InvalidRecord("user_id must be 1..128 characters", rec.event)
     if not rec.event_id or len(rec.event_id) > 128:
@@ -109,7 +111,7 @@ def _explain(value: bytes) -> None:
         rec = _decoder.decode(value)
     except msgspec.ValidationError as e:
         raise InvalidRecord(f"invalid record: {e}") from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidRecord(f"malformed JSON: {e}") from None
     if rec.event not in EVENT_KINDS:
         raise InvalidRecord(f"unknown event kind {rec.event[:64]!r}", rec.event[:64])
