@@ -85,4 +85,6 @@ def encode(event: TelecomEvent) -> bytes:
     return _encoder.encode(event)
 
 
-DecodeErrors = (msgspec.ValidationError, msgspec.DecodeError)
+# msgspec raises UnicodeDecodeError for a string that is not UTF-8 and RecursionError for JSON
+# nested thousands deep (in ``meta``): both are bad records, not a failing sink.
+DecodeErrors = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
