@@ -1,9 +1,9 @@
 """Peers side by side: the page-view minute aggregation by clickflow and by Quix Streams.
 
 One run, one embedded broker (tansu), one topic, the same events: N page views (~400 B: the
-clickflow.domains.pageviews.traffic.PageViewFactory's, plus a referrer) produced once with event times spread
-over 20 minutes (the Kafka message timestamp is the event's own timestamp), then aggregated
-to "views and unique users per page per minute" by
+clickflow.domains.pageviews.traffic.PageViewFactory's, plus a referrer) produced once with
+event times spread over 20 minutes (the Kafka message timestamp is the event's own
+timestamp), then aggregated to "views and unique users per page per minute" by
 
 (a) clickflow: the production page-view pipeline (`build_consumer` of the `pageviews`
     PipelineSpec: BatchConsumer + PageViewHandler, its default hybrid trigger, exactly-once
