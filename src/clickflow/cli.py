@@ -87,7 +87,11 @@ def collect() -> None:
     settings = get_settings()
     setup_logging(settings.log_level)
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.collector_port, log_level="warning"
+        create_app(settings),
+        host=settings.host,
+        port=settings.collector_port,
+        log_level="warning",
+        access_log=False,
     )
 
 

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
 
     # Auth / security (secrets only from the environment)
     auth_url: str | None = None
-    jwt_secret: str = Field(default="clickflow-dev-secret-change-me", repr=False)
+    jwt_secret: str = Field(default="clickflow-dev-secret-change-me-in-production", repr=False)
     api_token: str | None = Field(default=None, repr=False)  # when set, query APIs require it
 
     log_level: str = "INFO"
