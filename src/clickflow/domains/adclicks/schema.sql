@@ -30,9 +30,10 @@ SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Clicks per ad per minute per (country, device, os). Read with sum(clicks) ... GROUP BY:
 -- parts are summed in the background. clicks is signed so `backfill` can insert corrections.
--- Two orders: the table's (hour first) serves "all ads over the last M minutes"
--- (popular_ads); the projection's (ad first) serves "one ad over any range"
--- (aggregated_count). The optimizer picks whichever reads fewer granules.
+-- Three shapes, the optimizer picks whichever reads fewest granules:
+-- * the table (hour first): all ads over the last M minutes, filtered (popular_ads + filter);
+-- * by_ad (ad first): one ad over any range (aggregated_count);
+-- * per_ad_minute (minute, ad; dimensions summed away): popular_ads without a filter.
 CREATE TABLE IF NOT EXISTS ad_clicks_minute
 (
     minute DateTime('UTC'),
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS ad_clicks_minute
     device LowCardinality(String),
     os LowCardinality(String),
     clicks Int64,
-    PROJECTION by_ad (SELECT * ORDER BY ad_id, minute, country, device, os)
+    PROJECTION by_ad (SELECT * ORDER BY ad_id, minute, country, device, os),
+    PROJECTION per_ad_minute (SELECT minute, ad_id, sum(clicks) GROUP BY minute, ad_id)
 )
 ENGINE = SummingMergeTree(clicks)
 PARTITION BY toYYYYMMDD(minute)
