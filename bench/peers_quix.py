@@ -207,7 +207,7 @@ def run_quix(bootstrap: str, topic: str, expected: int, work: Path) -> tuple[flo
         "--group", "bench-quix", "--expected", str(expected), "--state-dir",
         str(work / "quix-state"), "--out", str(out),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     subprocess.run(cmd, check=True, timeout=1800, env=env)
     data = json.loads(out.read_text())
     rows = {(p, int(m)): (int(c), int(u)) for p, m, c, u in data["rows"]}
@@ -294,7 +294,7 @@ def main() -> None:
         os.killpg(redis_proc.pid, signal.SIGTERM)
     problems = [p for p in (diff("clickflow", cf_rows, truth), diff("Quix", q_rows, truth)) if p]
     same = "same per-page-per-minute counts and unique users" if not problems else "DIFFERENT"
-    print(f"answers: {same}; {'; '.join(problems)}")
+    print(f"answers: {same}" + "".join(f"; {p}" for p in problems))
     ratio = cf_rate / q_rate
     print(f"ratio clickflow / Quix Streams: {ratio:.1f}x")
     m_cf = machine().rsplit("load ", 1)[0] + cf_load
