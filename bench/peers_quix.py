@@ -299,7 +299,7 @@ def main() -> None:
     print(f"ratio clickflow / Quix Streams: {ratio:.1f}x")
     m_cf = machine().rsplit("load ", 1)[0] + cf_load
     m_q = machine().rsplit("load ", 1)[0] + q_load
-    check = "answers equal the truth" if not problems else "; ".join(problems)
+    check = "both answers equal the truth" if not problems else "; ".join(problems)
     (HERE / "results" / "peers.md").write_text(
         "| figure | goal | value | machine | date |\n|---|---|---|---|---|\n"
         f"| peers: page views per page per minute (count + unique users), {args.events:,} "
