@@ -20,6 +20,7 @@ import logging
 import random
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -106,8 +107,18 @@ class Chunk:
     messages: list[Message]
 
     def token(self, group: str, suffix: str = "") -> str:
-        """Deterministic insert-deduplication token for this offset range."""
+        """Deterministic insert-deduplication token for this offset range and its records.
+
+        The fingerprint (timestamps of the first and last record, CRC of the first value)
+        is the same when the range is replayed (Kafka records are immutable), and differs
+        for new records at reused offsets: a broker that lost its log (the embedded,
+        in-memory one after a restart) counts offsets from 0 again, and without it their
+        inserts would be dropped as duplicates of old blocks."""
         t = f"{group}:{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}"
+        if self.messages:
+            first, last = self.messages[0], self.messages[-1]
+            stamps = b"%d/%d/" % (first.timestamp()[1], last.timestamp()[1])
+            t = f"{t}:{zlib.crc32(stamps + (first.value() or b'')):08x}"
         return f"{t}:{suffix}" if suffix else t
 
 
