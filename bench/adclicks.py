@@ -167,7 +167,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clicks", type=int, default=1_000_000)
     ap.add_argument("--per-minute", type=int, default=2000, help="aggregate rows per minute")
-    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--throughput-only", action="store_true")
     args = ap.parse_args()
 
@@ -299,6 +299,25 @@ def main() -> None:
                 f"{name}: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
                 f"max {lat['max']:.1f} ms ({args.requests} requests)"
             )
+        # The same queries without HTTP/FastAPI: how much of the latency is the store's.
+        ch = clickhouse_client(settings)
+
+        class _Ok:
+            status_code = 200
+
+        def sql_popular():
+            to = end - timedelta(minutes=rng.randrange(0, 7 * 1440 - 60))
+            ch.query(
+                api.POPULAR_AGGREGATE_SQL.replace("/*filters*/", ""),
+                parameters={"start": to - timedelta(minutes=60), "end": to, "n": 100},
+            )
+            return _Ok
+
+        lat = latency(client, args.requests, sql_popular)
+        print(
+            f"SQL only, popular_ads top 100, M = 60: p50 {lat['p50']:.1f} ms, "
+            f"p99 {lat['p99']:.1f} ms"
+        )
         cfg_cached = cfg.model_copy(update={"popular_cache_s": 5.0})
         app.dependency_overrides[api.adclicks_config] = lambda: cfg_cached
         fixed = {"topN": 100, "window": 60, "to": end.isoformat()}
