@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -169,12 +170,22 @@ def main() -> None:
     ap.add_argument("--per-minute", type=int, default=2000, help="aggregate rows per minute")
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--throughput-only", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary chDB directory")
     args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="clickflow-bench-adclicks-"))
+    try:
+        run(args, tmp)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    tmp = Path(tempfile.mkdtemp(prefix="clickflow-bench-adclicks-"))
     with embedded_broker() as bootstrap:
         settings = Settings(
             data_dir=tmp,
