@@ -263,6 +263,9 @@ def main() -> None:
     from clickflow.runtime.redis_server import start_redis
 
     setup_logging("WARNING")  # the pipeline's warnings with their fields (error, retry_in_s)
+    # The broker and Redis run in their own sessions: on SIGTERM (the pipeline's time limit)
+    # unwind through the finally blocks that stop them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="clickflow-bench-peers-"))
     os.environ["TMPDIR"] = str(work)  # chDB writes insert data to $TMPDIR
     ensure_quix_venv()

@@ -68,6 +68,9 @@ def storage(
     keys = tuple(s.strip() for s in stores.split(",") if s.strip())
     if bad := set(keys) - set(st.STORES):
         raise typer.BadParameter(f"unknown stores {sorted(bad)}; choose from {st.STORES}")
+    # Embedded PostgreSQL runs in its own session: on SIGTERM (the pipeline's time limit)
+    # unwind through the finally blocks that stop it.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = st.scratch_dir()
     old_tmp = os.environ.get("TMPDIR")
     if "chdb" in keys:
@@ -95,6 +98,7 @@ def storage(
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = old_tmp
+        signal.signal(signal.SIGTERM, previous)
     console.print(_storage_table(res, runs))
     folder = results or (bench_dir() / "results" if bench_dir().is_dir() else None)
     if folder is not None:
