@@ -85,9 +85,13 @@ return dups
 class PageViewHandler:
     def __init__(self, settings: Settings, dedup_ttl_s: int = 7 * 24 * 3600) -> None:
         self.settings = settings
-        self.redis = redis_client(settings)
-        self.claim = self.redis.register_script(CLAIM_LUA)
+        self._claim = None  # connected on first use: a missing Redis is a sink failure (retried)
         self.dedup_ttl_s = dedup_ttl_s
+
+    def claim(self, keys: list[str], args: list) -> list:
+        if self._claim is None:
+            self._claim = redis_client(self.settings).register_script(CLAIM_LUA)
+        return self._claim(keys=keys, args=args)
 
     def handle(self, batch: Batch) -> list[DeadLetter]:
         now = time.time()
