@@ -44,7 +44,7 @@ class Profile:
     collector_restarts: int = 0
 
 
-SHORT = Profile("short", events=1200, rate=150, kills=1, outages=1, outage_seconds=1.5)
+SHORT = Profile("short", events=1000, rate=150, kills=1, outages=1, outage_seconds=1.0)
 LONG = Profile(
     "long", events=40_000, rate=700, kills=5, outages=3, outage_seconds=3.0, collector_restarts=3
 )
