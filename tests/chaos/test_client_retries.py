@@ -9,7 +9,6 @@ import time
 import uuid
 
 import orjson
-import pytest
 from confluent_kafka import Message
 
 from clickflow.config import Settings
@@ -32,11 +31,6 @@ def _record(kind: str, event_id: str, ts: int) -> bytes:
     return orjson.dumps({**rec, "data": DATA[kind]})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ugc event tables collapse re-sends only with the same server timestamp "
-    "(timestamp is in the ReplacingMergeTree sorting key): a retried event is stored twice",
-)
 def test_a_retried_event_is_stored_once(settings_full: Settings) -> None:
     migrate_clickhouse(settings_full)
     topic = f"retry-{uuid.uuid4().hex[:8]}"

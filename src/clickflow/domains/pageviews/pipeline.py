@@ -39,7 +39,7 @@ from clickflow.stores.clickhouse import (
     ClickHouseIntentLog,
     clickhouse_client,
 )
-from clickflow.stores.redis import redis_client
+from clickflow.stores.redis import IdentityClaims
 
 log = logging.getLogger("clickflow.pageviews")
 
@@ -62,36 +62,11 @@ RAW_COLUMNS = [
 ]
 ERROR_COLUMNS = ["error_time", "raw_message", "error_reason", "kafka_offset", "kafka_partition"]
 
-# Claim each identity for a record. ARGV[1] = ttl, ARGV[2] = "key owner\n" lines (one
-# argument: redis-py spends ~9 us encoding each argument, more than Redis spends per key).
-# Returns the 1-based line numbers whose key is already claimed by another record.
-# Not Redis-Cluster safe (keys are not declared); use a standalone Redis / Valkey.
-CLAIM_LUA = """
-local ttl = tonumber(ARGV[1])
-local dups = {}
-local i = 0
-for key, owner in string.gmatch(ARGV[2], "(%S+) (%S+)\\n") do
-  i = i + 1
-  if not redis.call('SET', key, owner, 'NX', 'EX', ttl) then
-    if redis.call('GET', key) ~= owner then
-      dups[#dups + 1] = i
-    end
-  end
-end
-return dups
-"""
-
 
 class PageViewHandler:
     def __init__(self, settings: Settings, dedup_ttl_s: int = 7 * 24 * 3600) -> None:
         self.settings = settings
-        self._claim = None  # connected on first use: a missing Redis is a sink failure (retried)
-        self.dedup_ttl_s = dedup_ttl_s
-
-    def claim(self, keys: list[str], args: list) -> list:
-        if self._claim is None:
-            self._claim = redis_client(self.settings).register_script(CLAIM_LUA)
-        return self._claim(keys=keys, args=args)
+        self.claims = IdentityClaims(settings, "pv:seen:", dedup_ttl_s)
 
     def handle(self, batch: Batch) -> list[DeadLetter]:
         now = time.time()
@@ -156,14 +131,11 @@ class PageViewHandler:
     def _drop_duplicates(
         self, per_chunk: list[tuple[Chunk, list[tuple[str, Message, bytes]], list[bytes]]]
     ) -> list[list[bytes]]:
-        lines: list[str] = []
+        claims: list[tuple[str, str]] = []
         for chunk, rows, _errors in per_chunk:
             prefix = f"{chunk.topic}/{chunk.partition}/"
-            lines += [f"pv:seen:{identity} {prefix}{m.offset()}\n" for identity, m, _ in rows]
-        dup_index: set[int] = set()
-        if lines:
-            found = self.claim(keys=[], args=[self.dedup_ttl_s, "".join(lines)])
-            dup_index = {int(i) - 1 for i in found}
+            claims += [(identity, f"{prefix}{m.offset()}") for identity, m, _ in rows]
+        dup_index = self.claims.duplicates(claims)
         if dup_index:
             DUPLICATES.inc(len(dup_index))
         kept: list[list[bytes]] = []

@@ -39,6 +39,7 @@ class UgcConfig(BaseSettings):
     done_ttl_seconds: float | None = Field(default=None, gt=0)  # tombstone; None = max_wait
     sweep_interval_seconds: float = Field(default=60, gt=0)
     sweep_limit: int = Field(default=10000, ge=1)
+    dedup_window_seconds: int = Field(default=7 * 24 * 3600, gt=0)  # event_id claims live this long
     redis_prefix: str = "pv:"  # keys: {prefix}{page_view_id}.{user_id}, {prefix}pending, ...
 
     def trigger(self) -> BatchTrigger:

@@ -37,7 +37,7 @@ from clickflow.stores.clickhouse import (
     ClickHouseIntentLog,
     clickhouse_client,
 )
-from clickflow.stores.redis import redis_client
+from clickflow.stores.redis import IdentityClaims, redis_client
 
 log = logging.getLogger("clickflow.ugc")
 
@@ -160,6 +160,11 @@ class UgcHandler:
         self.settings = settings
         self.config = config or UgcConfig()
         self._pairing: PageViewPairing | None = None
+        # A client retry after a lost answer re-sends the event_id with a new server
+        # timestamp (another record): claims drop it, while a replay keeps its own claim.
+        self.claims = IdentityClaims(
+            settings, f"{self.config.redis_prefix}ugc-seen:", self.config.dedup_window_seconds
+        )
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._fault = fault  # tests: raise at "after_insert" / "after_redis" / "sweep_insert"
@@ -195,6 +200,7 @@ class UgcHandler:
         halves: list[Half] = []
         letters: list[DeadLetter] = []
         seen: set[str] = set()
+        events: list[tuple[str, Any, msgspec.Struct, int]] = []
         counts: dict[str, int] = defaultdict(int)
         dups: dict[str, int] = defaultdict(int)
         for m in chunk.messages:
@@ -223,7 +229,14 @@ class UgcHandler:
                 dups[kind] += 1
                 continue
             seen.add(rec.event_id)
-            rows[TABLES[kind]].append(event_row(rec, data))
+            events.append((kind, rec, data, m.offset()))
+        owner = f"{chunk.topic}/{chunk.partition}/"
+        resent = self.claims.duplicates([(e[1].event_id, f"{owner}{e[3]}") for e in events])
+        for i, (kind, rec, data, _offset) in enumerate(events):
+            if i in resent:
+                dups[kind] += 1
+            else:
+                rows[TABLES[kind]].append(event_row(rec, data))
         plan = self.pairing.plan(halves)
         if plan.rows:
             rows[PAGE_VIEW_TABLE] = plan.rows
