@@ -213,16 +213,16 @@ class PostgresStore:
         )
 
     def create(self) -> None:
+        from psycopg import sql
+
         c = self.conn
-        c.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-        c.execute(f'SET search_path TO "{self.schema}"')
+        schema = sql.Identifier(self.schema)
+        c.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        c.execute(sql.SQL("SET search_path TO {}").format(schema))
         c.execute("DROP TABLE IF EXISTS events")
         c.execute(DDL)
-        for setting in (
-            f"max_parallel_workers_per_gather = {THREADS}",
-            f"max_parallel_workers = {THREADS}",
-        ):
-            c.execute(f"SET {setting}")
+        for name in ("max_parallel_workers_per_gather", "max_parallel_workers"):
+            c.execute("SELECT set_config(%s, %s, false)", (name, str(THREADS)))
 
     def insert(self, table: pa.Table) -> None:
         import pyarrow.csv as pacsv
@@ -242,7 +242,11 @@ class PostgresStore:
 
     def close(self) -> None:
         try:
-            self.conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+            from psycopg import sql
+
+            self.conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
+            )
         finally:
             self.conn.close()
 
