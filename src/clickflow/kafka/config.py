@@ -43,6 +43,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "max.poll.interval.ms": 300000,
         "fetch.wait.max.ms": 50,
         "queued.min.messages": 100000,
+        "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "log_level": 3,
         "logger": RDKAFKA_LOG,
     }
