@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 
+from clickflow.benchmarks import cpu_description, load, today
 from clickflow.runtime.broker import start_broker
 from clickflow.runtime.ports import free_port
 
@@ -31,21 +30,9 @@ def embedded_broker(log_dir: str = "/tmp/clickflow-bench") -> Iterator[str]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    return cpu_description()
 
 
-def today() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d")
+load_average = load
 
-
-def load_average() -> str:
-    a, b, c = os.getloadavg()
-    return f"load {a:.2f} {b:.2f} {c:.2f}"
+__all__ = ["embedded_broker", "load_average", "machine", "today"]

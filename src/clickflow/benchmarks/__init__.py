@@ -14,6 +14,10 @@ MACHINE = "2-core python-svc"
 
 def machine() -> str:
     """The machine column of every results table, with the load average at this moment."""
+    return f"{MACHINE}; {cpu_description()}, {load()}"
+
+
+def cpu_description() -> str:
     cpu = platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -23,7 +27,7 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{MACHINE}; {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {load()}"
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def load() -> str:
