@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -479,10 +479,3 @@ class BatchConsumer:
                 continue
             if high is not None and high >= 0:
                 LAG.labels(self.name, tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
-
-
-def committed_offsets(consumer: Consumer, partitions: list[KafkaTopicPartition]) -> dict[TP, int]:
-    out = {}
-    for tp in consumer.committed(partitions, timeout=10):
-        out[(tp.topic, tp.partition)] = tp.offset if tp.offset != OFFSET_INVALID else -1
-    return out

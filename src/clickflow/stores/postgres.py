@@ -28,11 +28,6 @@ def postgres_pool(settings: Settings, min_size: int = 1, max_size: int = 8) -> C
     return pool
 
 
-def apply_schema(pool: ConnectionPool, sql: str) -> None:
-    with pool.connection() as conn:
-        conn.execute(sql)  # type: ignore[arg-type]  # trusted file from the package
-
-
 def ping(settings: Settings) -> str:
     import psycopg
 

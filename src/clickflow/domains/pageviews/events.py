@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from datetime import UTC, datetime
+from datetime import datetime
 
 import msgspec
 from msgspec import Struct
@@ -80,8 +80,3 @@ def _is_ip(text: str) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-def ch_time(dt: datetime) -> str:
-    """DateTime64(3) text in UTC (JSONEachRow reads integer epoch ms as seconds)."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.") + f"{dt.microsecond // 1000:03d}"
