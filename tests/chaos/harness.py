@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from clickflow.config import Settings
@@ -48,6 +49,12 @@ SHORT = Profile("short", events=1000, rate=150, kills=1, outages=1, outage_secon
 LONG = Profile(
     "long", events=40_000, rate=700, kills=5, outages=3, outage_seconds=3.0, collector_restarts=3
 )
+
+#: every chaos test runs both: the short one in `make test`, the long one in `make chaos`
+PROFILES = [
+    pytest.param(SHORT, marks=pytest.mark.slow, id="short"),
+    pytest.param(LONG, marks=pytest.mark.chaos, id="long"),
+]
 
 
 @dataclass

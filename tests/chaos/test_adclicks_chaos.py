@@ -17,7 +17,7 @@ from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from tests.domains.adclicks.streams import make_stream
 
 from .harness import (
-    LONG,
+    PROFILES,
     RESULTS,
     SHORT,
     PipelineProcess,
@@ -33,11 +33,6 @@ from .harness import (
     sql,
     wait_until,
 )
-
-PROFILES = [
-    pytest.param(SHORT, marks=pytest.mark.slow, id="short"),
-    pytest.param(LONG, marks=pytest.mark.chaos, id="long"),
-]
 
 
 @pytest.mark.parametrize("profile", PROFILES)

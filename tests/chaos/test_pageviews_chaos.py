@@ -25,9 +25,8 @@ from tests.domains.pageviews.truth import (
 )
 
 from .harness import (
-    LONG,
+    PROFILES,
     RESULTS,
-    SHORT,
     PipelineProcess,
     Profile,
     RedisServer,
@@ -42,11 +41,6 @@ from .harness import (
     sql,
     wait_until,
 )
-
-PROFILES = [
-    pytest.param(SHORT, marks=pytest.mark.slow, id="short"),
-    pytest.param(LONG, marks=pytest.mark.chaos, id="long"),
-]
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -21,9 +21,8 @@ from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from tests.domains.telecom.conftest import Truth, expected_aggregates, raw_keys, read_aggregates
 
 from .harness import (
-    LONG,
+    PROFILES,
     RESULTS,
-    SHORT,
     PipelineProcess,
     PostgresServer,
     Profile,
@@ -39,10 +38,6 @@ from .harness import (
     wait_until,
 )
 
-PROFILES = [
-    pytest.param(SHORT, marks=pytest.mark.slow, id="short"),
-    pytest.param(LONG, marks=pytest.mark.chaos, id="long"),
-]
 GROUPS = ["clickflow-telecom-ingest", "clickflow-telecom-aggregate"]
 PARTITIONS = 8
 

@@ -28,7 +28,7 @@ from clickflow.runtime.ports import free_port, wait_for_port
 from tests.domains.ugc.helpers import PAGE_VIEW_SQL, expected_page_views
 
 from .harness import (
-    LONG,
+    PROFILES,
     RESULTS,
     SHORT,
     PipelineProcess,
@@ -49,10 +49,6 @@ from .harness import (
     wait_until,
 )
 
-PROFILES = [
-    pytest.param(SHORT, marks=pytest.mark.slow, id="short"),
-    pytest.param(LONG, marks=pytest.mark.chaos, id="long"),
-]
 SECRET = "chaos-suite-jwt-secret-of-at-least-32-bytes"
 TABLES = {
     "element_click": "ugc_element_click",
