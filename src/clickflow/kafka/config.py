@@ -44,6 +44,10 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "fetch.wait.max.ms": 50,
         "queued.min.messages": 100000,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        # librdkafka postpones the next fetch by this much once its local queue is over
+        # queued.min.messages; the default (1000 ms) stalls a consumer that just drained
+        # the queue for up to a second. 10 ms doubled the framework's throughput.
+        "fetch.queue.backoff.ms": 10,
         "log_level": 3,
         "logger": RDKAFKA_LOG,
     }
