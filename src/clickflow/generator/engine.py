@@ -14,12 +14,14 @@ the engine keeps going when the broker comes back and never exits silently.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import logging
 import random
 import threading
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -79,6 +81,39 @@ class _EngineCollector:
 
 _COLLECTOR = _EngineCollector()
 REGISTRY.register(_COLLECTOR)
+
+
+class _FewerCollections:
+    """While engines run: freeze what exists and collect the young generation every 50,000
+    allocations instead of 700.
+
+    Records in flight (an event, its payload and its callback each) outlive the young
+    generation, so CPython's cyclic collector rescans them over and over: ~1 us per event
+    at 100k events/s. The engine allocates no reference cycles per event, so fewer passes
+    cost no memory. Counted, because several engines may run in threads of one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: tuple[int, int, int] = gc.get_threshold()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._saved = gc.get_threshold()
+                gc.freeze()
+                gc.set_threshold(max(self._saved[0], 50_000), *self._saved[1:])
+            self._users += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                gc.set_threshold(*self._saved)
+                gc.unfreeze()
+
+
+_FEWER_COLLECTIONS = _FewerCollections()
 
 PATTERNS = ("sync", "async", "batch")
 PARTITIONERS = ("key", "round-robin", "random")
@@ -153,11 +188,20 @@ class Stats:
         }
 
 
-@dataclass(slots=True)
 class _Pending:
-    event: GeneratedEvent
-    duplicate: bool
-    attempt: int = 0
+    """One record on its way to the broker; also its own delivery callback, so that no
+    closure is allocated per event."""
+
+    __slots__ = ("engine", "event", "duplicate", "attempt")
+
+    def __init__(self, engine: Engine, event: GeneratedEvent, duplicate: bool) -> None:
+        self.engine = engine
+        self.event = event
+        self.duplicate = duplicate
+        self.attempt = 0
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        self.engine._delivered(err, msg, self)
 
 
 class Engine:
@@ -208,6 +252,8 @@ class Engine:
         self.producer = EventProducer(producer_config(settings, **conf))
         ensure_topics(settings.kafka_bootstrap, [factory.topic])
         self.partitions = factory.topic.partitions
+        self._topic = factory.topic.name
+        self._produce = self.producer.raw.produce
 
     # -- controls ----------------------------------------------------------------------------
 
@@ -272,10 +318,10 @@ class Engine:
             recent[int(r * 1_000_000) % 1000] = ev
         return ev, False
 
-    def _partition(self) -> int | None:
+    def _partition(self) -> int:
         p = self.options.partitioner
         if p == "key":
-            return None
+            return -1
         if p == "round-robin":
             self._rr = (self._rr + 1) % self.partitions
             return self._rr
@@ -285,22 +331,15 @@ class Engine:
 
     def _send(self, pending: _Pending) -> None:
         ev = pending.event
-
-        def on_delivery(err: KafkaError | None, msg: Message, p: _Pending = pending) -> None:
-            self._delivered(err, msg, p)
-
-        partition = self._partition()
-        raw = self.producer.raw
-        topic = self.factory.topic.name
+        # Positional arguments: keyword parsing costs ~0.3 us per record. -1 = librdkafka's
+        # partitioner (by key).
+        partition = -1 if self.options.partitioner == "key" else self._partition()
         while True:
             try:
-                if partition is None:
-                    raw.produce(topic, ev.value, ev.key, on_delivery=on_delivery)
-                else:
-                    raw.produce(topic, ev.value, ev.key, partition, on_delivery=on_delivery)
+                self._produce(self._topic, ev.value, ev.key, partition, pending)
                 break
             except BufferError:  # local queue full: serve acks, then try again
-                raw.poll(0.05)
+                self.producer.poll(0.05)
         self.stats.sent += 1
 
     def _delivered(self, err: KafkaError | None, msg: Message, pending: _Pending) -> None:
@@ -353,10 +392,30 @@ class Engine:
                     pos -= seconds
             return self.rates.rate_at(t)
 
-    def run(self, count: int | None = None, duration: float | None = None, on_tick=None) -> Stats:
-        """Send until ``count`` events were generated, ``duration`` elapsed, or ``stop()``."""
+    def run(
+        self,
+        count: int | None = None,
+        duration: float | None = None,
+        on_tick: Callable[[Engine], None] | None = None,
+        tick_every: float = 0.5,
+    ) -> Stats:
+        """Send until ``count`` events were generated, ``duration`` elapsed, or ``stop()``;
+        ``on_tick(self)`` is called every ``tick_every`` seconds from this thread."""
+        with _FEWER_COLLECTIONS:
+            return self._run(count, duration, on_tick, tick_every)
+
+    def _run(
+        self,
+        count: int | None,
+        duration: float | None,
+        on_tick: Callable[[Engine], None] | None,
+        tick_every: float,
+    ) -> Stats:
         opts = self.options
-        self.stats = Stats()
+        pattern = opts.pattern
+        self.stats = stats = Stats()
+        next_event = self.next_event
+        send = self._send
         start = time.monotonic()
         last = start
         credit = 0.0
@@ -368,7 +427,7 @@ class Engine:
                 now = time.monotonic()
                 if duration is not None and now - start >= duration:
                     break
-                generated = self.stats.valid + self.stats.broken + self.stats.duplicates
+                generated = stats.valid + stats.broken + stats.duplicates
                 if count is not None and generated >= count:
                     break
                 rate = self._current_rate(now)
@@ -380,33 +439,32 @@ class Engine:
                 due = min(due, 5000)
                 credit -= due
                 wall = time.time()
-                for _ in range(due):
-                    ev, dup = self.next_event(wall)
-                    pending = _Pending(ev, dup)
-                    if opts.pattern == "batch":
-                        batch.append(pending)
+                if pattern == "async":
+                    for _ in range(due):
+                        ev, dup = next_event(wall)
+                        send(_Pending(self, ev, dup))
+                elif pattern == "batch":
+                    for _ in range(due):
+                        ev, dup = next_event(wall)
+                        batch.append(_Pending(self, ev, dup))
                         if len(batch) >= opts.batch_size:
                             self._send_batch(batch)
                             batch = []
                             batch_started = time.monotonic()
-                    elif opts.pattern == "sync":
-                        self._send(pending)
+                    if batch and (time.monotonic() - batch_started) * 1000 >= opts.batch_ms:
+                        self._send_batch(batch)
+                        batch = []
+                        batch_started = time.monotonic()
+                else:  # sync
+                    for _ in range(due):
+                        ev, dup = next_event(wall)
+                        send(_Pending(self, ev, dup))
                         self._wait_acked()
-                    else:
-                        self._send(pending)
-                if (
-                    opts.pattern == "batch"
-                    and batch
-                    and ((time.monotonic() - batch_started) * 1000 >= opts.batch_ms)
-                ):
-                    self._send_batch(batch)
-                    batch = []
-                    batch_started = time.monotonic()
                 self._resend_due()
                 self.producer.poll(0)
                 if on_tick is not None and now >= next_tick:
                     on_tick(self)
-                    next_tick = now + 0.5
+                    next_tick = now + tick_every
                 if due == 0:
                     wait = (1.0 - credit) / rate if rate > 0 else 0.01
                     time.sleep(min(max(wait, 0.0005), 0.01))
