@@ -88,3 +88,66 @@ class IdentityClaims:
         payload = "".join(f"{self.prefix}{identity} {owner}\n" for identity, owner in claims)
         found = self._script(keys=[], args=[self.ttl_s, payload])
         return {int(i) - 1 for i in found}
+
+
+# The same claims kept as fields of one hash per bucket: KEYS[k] is a bucket, ARGV[k + 1] its
+# "identity owner\n" lines. HSETNX costs Redis about half of a SET NX EX (no key object and
+# no expiry entry per identity), and the hash is ~25% smaller per claim.
+_BUCKET_CLAIM_LUA = """
+local ttl = tonumber(ARGV[1])
+local dups = {}
+local i = 0
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  for field, owner in string.gmatch(ARGV[k + 1], "(%S+) (%S+)\\n") do
+    i = i + 1
+    if redis.call('HSETNX', key, field, owner) == 0 then
+      if redis.call('HGET', key, field) ~= owner then
+        dups[#dups + 1] = i
+      end
+    end
+  end
+  redis.call('EXPIRE', key, ttl)
+end
+return dups
+"""
+
+
+class DayBucketClaims:
+    """:class:`IdentityClaims` for identities that include the event's own time.
+
+    A page view's identity is the hash of its content, timestamp included, so every copy of
+    an event falls on the same UTC event day. Claims are fields of one Redis hash per day
+    (``<prefix><day number>``); each batch renews the expiry of the days it touched, so a
+    claim lives at least ``ttl_s`` after it was made, and a day's hash goes away ``ttl_s``
+    after its last claim. Same atomic first-writer-wins and owner semantics as
+    :class:`IdentityClaims`, at about half the Redis CPU per claim.
+    """
+
+    def __init__(self, settings: Settings, prefix: str, ttl_s: int = 7 * 24 * 3600) -> None:
+        self.settings = settings
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self._script = None
+
+    def duplicates(self, claims: list[tuple[int, str, str]]) -> set[int]:
+        """``claims`` = [(UTC day number, identity, owner)]; returns the duplicate indexes."""
+        if not claims:
+            return set()
+        if self._script is None:
+            self._script = redis_client(self.settings).register_script(_BUCKET_CLAIM_LUA)
+        by_day: dict[int, list[int]] = {}
+        for i, (day, _identity, _owner) in enumerate(claims):
+            members = by_day.get(day)
+            if members is None:
+                by_day[day] = [i]
+            else:
+                members.append(i)
+        order: list[int] = []
+        payloads: list[str] = []
+        for members in by_day.values():
+            order += members
+            payloads.append("".join(f"{claims[i][1]} {claims[i][2]}\n" for i in members))
+        keys = [f"{self.prefix}{day}" for day in by_day]
+        found = self._script(keys=keys, args=[self.ttl_s, *payloads])
+        return {order[int(i) - 1] for i in found}

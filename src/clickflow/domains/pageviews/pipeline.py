@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import orjson
 from confluent_kafka import Message
@@ -30,7 +31,7 @@ from clickflow.domains.pageviews.events import (
     decode_page_view,
     event_identity,
 )
-from clickflow.kafka.consumer import Batch, BatchTrigger, Chunk, Delivery
+from clickflow.kafka.consumer import Batch, BatchTrigger, Delivery
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.pipelines import PipelineOptions, PipelineSpec
@@ -39,7 +40,7 @@ from clickflow.stores.clickhouse import (
     ClickHouseIntentLog,
     clickhouse_client,
 )
-from clickflow.stores.redis import IdentityClaims
+from clickflow.stores.redis import DayBucketClaims
 
 log = logging.getLogger("clickflow.pageviews")
 
@@ -64,90 +65,115 @@ ERROR_COLUMNS = ["error_time", "raw_message", "error_reason", "kafka_offset", "k
 
 
 class PageViewHandler:
+    """Validate, claim identities in Redis, insert into ClickHouse, as a pipeline.
+
+    The main thread decodes a chunk in pieces of ``PIECE`` records; a Redis thread claims
+    the identities of each piece while the next one is decoded, and a ClickHouse thread
+    inserts each chunk (one insert, one deduplication token) while the next chunk is
+    decoded. chDB and redis-py release the GIL while they work. Each chunk's claims and
+    insert are exactly what a sequential run would do, so a failure anywhere fails the whole
+    batch and its replay is deduplicated as usual.
+    """
+
+    PIECE = 2000
+
     def __init__(self, settings: Settings, dedup_ttl_s: int = 7 * 24 * 3600) -> None:
         self.settings = settings
-        self.claims = IdentityClaims(settings, "pv:seen:", dedup_ttl_s)
+        self.claims = DayBucketClaims(settings, "pv:claims:", dedup_ttl_s)
+        self._claimer = ThreadPoolExecutor(1, thread_name_prefix="pageviews-claims")
+        self._inserter = ThreadPoolExecutor(1, thread_name_prefix="pageviews-insert")
 
     def handle(self, batch: Batch) -> list[DeadLetter]:
         now = time.time()
         letters: list[DeadLetter] = []
-        per_chunk: list[tuple[Chunk, list[tuple[str, Message, bytes]], list[bytes]]] = []
-        for chunk in batch.chunks:
-            rows: list[tuple[str, Message, bytes]] = []
-            errors: list[bytes] = []
-            for m in chunk.messages:
-                raw = m.value() or b""
-                try:
-                    ev = decode_page_view(raw, now)
-                except InvalidEvent as e:
-                    reason = str(e)
-                    letters.append(DeadLetter(m, reason))
-                    errors.append(_error_row(raw, reason, m, now))
-                    continue
-                identity = event_identity(raw)
-                row = orjson.dumps(
-                    {
-                        "event_time": ev.timestamp.timestamp(),
-                        "page_id": ev.page_id,
-                        "user_id": ev.user_id,
-                        "duration_ms": ev.view_duration_ms,
-                        "user_agent": ev.user_agent,
-                        "ip_address": ev.ip_address or "::",
-                        "region": ev.region,
-                        "is_bounce": 1 if ev.is_bounce else 0,
-                        "event_id": identity,
-                        "kafka_offset": m.offset(),
-                        "kafka_partition": m.partition(),
-                    }
-                )
-                rows.append((identity, m, row))
-            per_chunk.append((chunk, rows, errors))
-
-        kept = self._drop_duplicates(per_chunk)
-        client = clickhouse_client(self.settings)
-        for (chunk, _rows, errors), good in zip(per_chunk, kept, strict=True):
-            token = chunk.token(batch.group)
-            if good:
-                client.raw_insert(
-                    "page_views_raw",
-                    RAW_COLUMNS,
-                    b"\n".join(good),
-                    fmt="JSONEachRow",
-                    settings={"insert_deduplication_token": token, **DEDUP_INSERT_SETTINGS},
-                )
-                STORED.inc(len(good))
-            if errors:
-                client.raw_insert(
-                    "processing_errors",
-                    ERROR_COLUMNS,
-                    b"\n".join(errors),
-                    fmt="JSONEachRow",
-                    settings={"insert_deduplication_token": f"{token}:errors"},
-                )
+        inserts: list[Future[None]] = []
+        try:
+            for chunk in batch.chunks:
+                owner = f"{chunk.topic}/{chunk.partition}/"
+                claimed: list[Future[list[bytes]]] = []
+                errors: list[bytes] = []
+                for start in range(0, len(chunk.messages), self.PIECE):
+                    piece = chunk.messages[start : start + self.PIECE]
+                    rows = self._decode(piece, now, letters, errors)
+                    claimed.append(self._claimer.submit(self._drop_duplicates, owner, rows))
+                token = chunk.token(batch.group)
+                inserts.append(self._inserter.submit(self._insert, token, claimed, errors))
+        finally:
+            # Wait for every chunk before returning or raising: nothing may still be writing
+            # when the framework retries the batch or commits its offsets.
+            wait(inserts)
+        for done in inserts:
+            done.result()  # re-raises the first sink failure: the batch is retried
         if letters:
             INVALID.inc(len(letters))
         return letters
 
+    def _decode(
+        self, messages: list[Message], now: float, letters: list[DeadLetter], errors: list[bytes]
+    ) -> list[tuple[int, str, Message, bytes]]:
+        """Valid records as (event day, identity, message, row); the rest become dead letters
+        and error rows."""
+        rows: list[tuple[int, str, Message, bytes]] = []
+        for m in messages:
+            raw = m.value() or b""
+            try:
+                ev, ts = decode_page_view(raw, now)
+            except InvalidEvent as e:
+                reason = str(e)
+                letters.append(DeadLetter(m, reason))
+                errors.append(_error_row(raw, reason, m, now))
+                continue
+            identity = event_identity(raw)
+            row = orjson.dumps(
+                [  # RAW_COLUMNS, in order (JSONCompactEachRow)
+                    ts,
+                    ev.page_id,
+                    ev.user_id,
+                    ev.view_duration_ms,
+                    ev.user_agent,
+                    ev.ip_address or "::",
+                    ev.region,
+                    1 if ev.is_bounce else 0,
+                    identity,
+                    m.offset(),
+                    m.partition(),
+                ]
+            )
+            rows.append((int(ts // 86400), identity, m, row))
+        return rows
+
     def _drop_duplicates(
-        self, per_chunk: list[tuple[Chunk, list[tuple[str, Message, bytes]], list[bytes]]]
-    ) -> list[list[bytes]]:
-        claims: list[tuple[str, str]] = []
-        for chunk, rows, _errors in per_chunk:
-            prefix = f"{chunk.topic}/{chunk.partition}/"
-            claims += [(identity, f"{prefix}{m.offset()}") for identity, m, _ in rows]
-        dup_index = self.claims.duplicates(claims)
-        if dup_index:
-            DUPLICATES.inc(len(dup_index))
-        kept: list[list[bytes]] = []
-        i = 0
-        for _chunk, rows, _errors in per_chunk:
-            good = []
-            for _identity, _m, row in rows:
-                if i not in dup_index:
-                    good.append(row)
-                i += 1
-            kept.append(good)
-        return kept
+        self, owner: str, rows: list[tuple[int, str, Message, bytes]]
+    ) -> list[bytes]:
+        """The rows whose identity this record owns (``owner`` is "topic/partition/")."""
+        dup_index = self.claims.duplicates(
+            [(day, identity, f"{owner}{m.offset()}") for day, identity, m, _row in rows]
+        )
+        if not dup_index:
+            return [row for *_, row in rows]
+        DUPLICATES.inc(len(dup_index))
+        return [row for i, (*_, row) in enumerate(rows) if i not in dup_index]
+
+    def _insert(self, token: str, claimed: list[Future[list[bytes]]], errors: list[bytes]) -> None:
+        good = [row for piece in claimed for row in piece.result()]
+        client = clickhouse_client(self.settings)
+        if good:
+            client.raw_insert(
+                "page_views_raw",
+                RAW_COLUMNS,
+                b"\n".join(good),
+                fmt="JSONCompactEachRow",
+                settings={"insert_deduplication_token": token, **DEDUP_INSERT_SETTINGS},
+            )
+            STORED.inc(len(good))
+        if errors:
+            client.raw_insert(
+                "processing_errors",
+                ERROR_COLUMNS,
+                b"\n".join(errors),
+                fmt="JSONEachRow",
+                settings={"insert_deduplication_token": f"{token}:errors"},
+            )
 
 
 def _error_row(raw: bytes, reason: str, m: Message, now: float) -> bytes:
