@@ -40,6 +40,9 @@ def generate(
     control_port: Annotated[int | None, typer.Option(help="HTTP control port")] = None,
     no_control: Annotated[bool, typer.Option(help="do not serve the control API")] = False,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    workers: Annotated[
+        int, typer.Option(help="generator processes per domain, each 1/N of the rate")
+    ] = 1,
     demo: Annotated[bool, typer.Option(help="every domain, demo schedule")] = False,
     quiet: Annotated[bool, typer.Option(help="no live line")] = False,
 ) -> None:
@@ -48,6 +51,7 @@ def generate(
     from clickflow.generator.engine import Engine, GeneratorOptions, Mix
     from clickflow.generator.modes import RateModel, parse_schedule
     from clickflow.generator.registry import available_domains, factory_for
+    from clickflow.generator.workers import WorkerPool
     from clickflow.logs import setup_logging
 
     settings = get_settings()
@@ -70,23 +74,20 @@ def generate(
                 if not demo:
                     raise
                 console.print(f"[yellow]demo: skipping {d}: {e}[/]")
-        engines = {
-            d: Engine(
-                settings,
-                f,
-                d,
-                RateModel(mode=mode, rate=rate, seed=seed),
-                mix,
-                options,
-                truth if not demo else None,
-                steps,
-            )
-            for d, f in factories.items()
-        }
+        if not 1 <= workers <= 64:
+            raise ValueError("--workers must be between 1 and 64")
+        if count is not None and count < 0:
+            raise ValueError("--count must be positive")
+        engines: dict[str, Engine | WorkerPool] = {}
+        for d, f in factories.items():
+            args = (RateModel(mode=mode, rate=rate, seed=seed), mix, options)
+            truth_path = truth if not demo else None
+            if workers == 1:
+                engines[d] = Engine(settings, f, d, *args, truth_path, steps)
+            else:
+                engines[d] = WorkerPool(settings, f, d, workers, *args, truth_path, steps)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    if count is not None and count < 0:
-        raise typer.BadParameter("--count must be positive")
 
     port = control_port or settings.generator_port
     if not no_control:
@@ -117,18 +118,28 @@ def generate(
             while any(t.is_alive() for t in threads):
                 time.sleep(0.25)
                 live.update(_line(engines))
+    failures = []
     for d, e in engines.items():
         e.close()
         s = e.stats.as_dict()
         console.print(f"{d}: " + "  ".join(f"{k}={v}" for k, v in s.items()))
+        if isinstance(e, WorkerPool) and e.failure:
+            failures.append(f"{d}: {e.failure}")
+    if failures:
+        console.print("clickflow generate: " + "\n".join(failures), style="red", markup=False)
+        raise typer.Exit(1)
 
 
 def _line(engines: dict) -> str:
+    """One live line per domain; a pool's counters are the sum of its workers'."""
+    from clickflow.generator.workers import WorkerPool
+
     parts = []
     for d, e in engines.items():
         s = e.stats
+        workers = f" ×{e.workers} workers" if isinstance(e, WorkerPool) else ""
         parts.append(
-            f"[bold]{d}[/] {e.rates.mode} sent={s.sent} acked={s.acked} failed={s.failed} "
+            f"[bold]{d}[/]{workers} {e.mode} sent={s.sent} acked={s.acked} failed={s.failed} "
             f"retried={s.retried} dup={s.duplicates} broken={s.broken} {s.rate():,.0f}/s"
         )
     return "\n".join(parts)

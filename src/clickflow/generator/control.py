@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from clickflow.generator.engine import Engine, Mix
+from clickflow.generator.engine import Mix
 from clickflow.generator.modes import parse_schedule
 from clickflow.health import health_router
 
@@ -29,7 +29,17 @@ class ControlRequest(BaseModel):
     mix: MixUpdate | None = None
 
 
-def create_control_app(engines: dict[str, Engine]) -> FastAPI:
+class Controllable(Protocol):
+    """An ``Engine``, or a ``WorkerPool`` that forwards each change to its workers."""
+
+    def state(self) -> dict: ...
+    def set_mode(self, mode: str) -> None: ...
+    def set_rate(self, rate: float) -> None: ...
+    def set_schedule(self, schedule: list[tuple[str, float]]) -> None: ...
+    def set_mix(self, mix: Mix) -> None: ...
+
+
+def create_control_app(engines: dict[str, Controllable]) -> FastAPI:
     app = FastAPI(title="clickflow generator control", version="0.1.0")
     app.include_router(health_router("generator", {}))
 
@@ -66,8 +76,7 @@ def create_control_app(engines: dict[str, Engine]) -> FastAPI:
             if req.rate is not None:
                 e.set_rate(req.rate)
             if schedule is not None:
-                with e._lock:
-                    e.schedule = schedule
+                e.set_schedule(schedule)
             if mixes:
                 e.set_mix(mixes[i])
         return {name: e.state() for name, e in engines.items()}

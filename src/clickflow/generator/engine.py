@@ -24,7 +24,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -44,6 +44,15 @@ log = logging.getLogger("clickflow.generator")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+class Measured(Protocol):
+    """What the metrics export reads: an engine, or a pool of worker processes."""
+
+    domain: str
+    stats: Stats
+    latency_counts: list[int]  # per LATENCY_BUCKETS bound, then one for +Inf
+    latency_sum: float
+
+
 class _EngineCollector:
     """Exports every engine's counters and ack-latency histogram at scrape time.
 
@@ -51,7 +60,7 @@ class _EngineCollector:
     hundred nanoseconds (prometheus_client's own inc/observe cost ~2 us per event)."""
 
     def __init__(self) -> None:
-        self.engines: list[Engine] = []
+        self.engines: list[Measured] = []
 
     def collect(self):
         counters = {
@@ -81,6 +90,16 @@ class _EngineCollector:
 
 _COLLECTOR = _EngineCollector()
 REGISTRY.register(_COLLECTOR)
+
+
+def export_metrics(source: Measured) -> None:
+    """Include ``source`` in the Prometheus export (``/metrics``)."""
+    _COLLECTOR.engines.append(source)
+
+
+def stop_exporting(source: Measured) -> None:
+    if source in _COLLECTOR.engines:
+        _COLLECTOR.engines.remove(source)
 
 
 class _FewerCollections:
@@ -171,6 +190,20 @@ class Stats:
     duplicates: int = 0
     started: float = field(default_factory=time.monotonic)
 
+    @classmethod
+    def total(cls, parts: list[Stats]) -> Stats:
+        """The sum of several engines' counters, started when the first one started."""
+        out = cls()
+        for name in ("sent", "acked", "failed", "retried", "valid", "broken", "duplicates"):
+            setattr(out, name, sum(getattr(s, name) for s in parts))
+        if parts:
+            out.started = min(s.started for s in parts)
+        return out
+
+    @property
+    def generated(self) -> int:
+        return self.valid + self.broken + self.duplicates
+
     def rate(self) -> float:
         elapsed = time.monotonic() - self.started
         return self.acked / elapsed if elapsed > 0 else 0.0
@@ -238,7 +271,7 @@ class Engine:
         self._mode_started = time.monotonic()
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
-        _COLLECTOR.engines.append(self)
+        export_metrics(self)
         conf = {
             "retries": 5,
             "retry.backoff.ms": int(self.options.retry_initial * 1000),
@@ -276,9 +309,17 @@ class Engine:
             self.schedule = None
             self._mode_started = time.monotonic()
 
+    def set_schedule(self, schedule: list[tuple[str, float]]) -> None:
+        with self._lock:
+            self.schedule = schedule
+
     def set_mix(self, mix: Mix) -> None:
         with self._lock:
             self.mix = mix
+
+    @property
+    def mode(self) -> str:
+        return self.rates.mode
 
     def state(self) -> dict:
         with self._lock:
@@ -516,8 +557,7 @@ class Engine:
         return float("inf")
 
     def close(self) -> None:
-        if self in _COLLECTOR.engines:
-            _COLLECTOR.engines.remove(self)
+        stop_exporting(self)
         if self._truth is not None:
             self._truth.close()
             self._truth = None

@@ -5,6 +5,9 @@
 * ``night``: 1 event per 10 s;
 * ``fixed``: a fixed target rate (load tests, e.g. 50,000/s);
 * a schedule combines them: ``regular:60,burst:30,night:30`` cycles through the list.
+
+``share`` scales every mode: each of N worker processes runs the whole profile at 1/N, so
+together they produce the profile once.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ class RateModel:
     regular_max: float = 10.0
     regular_step: float = 5.0
     seed: int = 0
+    share: float = 1.0  # this generator's share of the traffic (1/N for N workers)
 
     def __post_init__(self) -> None:
         validate_mode(self.mode)
+        if not 0.0 < self.share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {self.share!r}")
         self._rng = random.Random(self.seed)
         self._level_until = -1.0
         self._level = self.regular_min
@@ -43,7 +49,10 @@ class RateModel:
         return self._level
 
     def rate_at(self, t: float) -> float:
-        """Target events/s at ``t`` seconds after the mode started."""
+        """Target events/s at ``t`` seconds after the mode started (times ``share``)."""
+        return self._total_rate_at(t) * self.share
+
+    def _total_rate_at(self, t: float) -> float:
         if self.mode == "fixed":
             return self.rate
         if self.mode == "night":
