@@ -1,6 +1,6 @@
 """Several engine processes for one domain: ``clickflow generate --workers N``.
 
-One Python process makes and produces ~140k events/s at most: the event factory and the
+One Python process makes and produces ~135k events/s at most: the event factory and the
 delivery callbacks share one GIL. A ``WorkerPool`` starts N worker processes; each runs its
 own ``Engine`` with its own producer, its own RNG seed (``seed + K``), 1/N of the traffic
 (``RateModel.share``) and its share of ``count``. The pool, in the parent:
