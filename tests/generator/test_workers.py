@@ -144,9 +144,16 @@ def test_control_changes_reach_every_worker(settings: Settings, topic: str) -> N
     finally:
         pool.stop()
         runner.join(60)
-        pool.close()
     assert not runner.is_alive() and pool.failure is None
     assert pool.stats.acked == pool.stats.sent > 0
+    # /metrics exports the sum of the workers' counters.
+    acked = [
+        float(line.split()[-1])
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith('clickflow_generator_acked_total{domain="pageviews"}')
+    ]
+    assert pool.stats.acked in acked
+    pool.close()
 
 
 def test_a_worker_that_dies_fails_the_pool_and_the_others_stop_cleanly(
