@@ -107,9 +107,10 @@ class _FewerCollections:
     allocations instead of 700.
 
     Records in flight (an event, its payload and its callback each) outlive the young
-    generation, so CPython's cyclic collector rescans them over and over: ~1 us per event
-    at 100k events/s. The engine allocates no reference cycles per event, so fewer passes
-    cost no memory. Counted, because several engines may run in threads of one process."""
+    generation, so CPython's cyclic collector rescans them over and over: 0.7 us of the
+    7.8 us an event cost at 126k events/s. The engine makes no reference cycles per event,
+    so collecting less often leaves no garbage behind. Counted, because several engines may
+    run in threads of one process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -372,8 +373,7 @@ class Engine:
 
     def _send(self, pending: _Pending) -> None:
         ev = pending.event
-        # Positional arguments: keyword parsing costs ~0.3 us per record. -1 = librdkafka's
-        # partitioner (by key).
+        # Positional arguments (cheaper than keywords); -1 = librdkafka's partitioner (by key).
         partition = -1 if self.options.partitioner == "key" else self._partition()
         while True:
             try:
