@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -46,16 +47,25 @@ class FreshnessProbe:
 
     def handle(self, batch: Batch):
         letters = self.inner.handle(batch)
+        self._visible(batch, letters)
+        return letters
+
+    def submit(self, batch: Batch, before_write):
+        """The pipelined path the pipeline runs on: visible when the future is done."""
+        future = self.inner.submit(batch, before_write)
+        future.add_done_callback(
+            lambda f: None if f.exception() else self._visible(batch, f.result())
+        )
+        return future
+
+    def _visible(self, batch: Batch, letters) -> None:
         done = time.time()
         bad = {id(d.message) for d in letters}
-        from datetime import datetime
-
         for m in batch.messages():
             if id(m) in bad:
                 continue
             ts = datetime.fromisoformat(self.decoder.decode(m.value()).timestamp)
             self.lags.append(done - ts.timestamp())
-        return letters
 
 
 def fill(settings: Settings, topic: str, count: int) -> None:

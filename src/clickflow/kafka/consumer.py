@@ -22,7 +22,8 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -147,6 +148,22 @@ class BatchHandler(Protocol):
     def handle(self, batch: Batch) -> list[DeadLetter]: ...
 
 
+class PipelinedBatchHandler(BatchHandler, Protocol):
+    """A handler that can write one batch while the framework prepares the next.
+
+    ``submit`` validates the batch, starts its writes and returns a future of its dead
+    letters. It must call ``before_write(batch)`` (exactly-once: records the intent) and let
+    it succeed before any write of the batch, typically as the first task of its writer
+    thread. The framework commits the batch's offsets only once the future succeeds, in
+    batch order, and keeps at most ``BatchConsumer.max_in_flight`` batches unfinished. A
+    failed future is retried synchronously with ``handle``, so writes must be idempotent
+    per chunk (the same rule as for retries)."""
+
+    def submit(
+        self, batch: Batch, before_write: Callable[[Batch], None]
+    ) -> Future[list[DeadLetter]]: ...
+
+
 class IntentLog(Protocol):
     """Durable record of the offset ranges about to be written (exactly-once mode)."""
 
@@ -155,6 +172,16 @@ class IntentLog(Protocol):
     def pending(
         self, group: str, topic: str, partition: int, from_offset: int
     ) -> list[tuple[int, int]]: ...
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A batch a pipelined handler is still writing (``future`` is None once taken)."""
+
+    batch: Batch
+    chunks: list[Chunk]
+    future: Future[list[DeadLetter]] | None
+    started: float
 
 
 @dataclass
@@ -186,6 +213,8 @@ class BatchConsumer:
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
     fetch_size: int = 10000
+    #: Batches a :class:`PipelinedBatchHandler` may still be writing while the next is read.
+    max_in_flight: int = 1
     stats: ConsumerStats = field(default_factory=ConsumerStats)
 
     def __post_init__(self) -> None:
@@ -200,6 +229,11 @@ class BatchConsumer:
         self.group = self.consumer_conf["group.id"]
         self.ready = threading.Event()  # set once partitions are assigned
         self._consumer: Consumer | None = None
+        self._in_flight: deque[_InFlight] = deque()
+        # Set when a batch is given up at shutdown: committing any later batch would commit
+        # past its offsets, so nothing is committed after it.
+        self._abandoned = False
+        self._pipelined = callable(getattr(self.handler, "submit", None))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -239,6 +273,9 @@ class BatchConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
+        # Positions restart from the committed offsets: a batch given up during the last
+        # revoke is read again, so committing is safe again.
+        self._abandoned = False
         self._assigned |= tps
         self._revoked -= tps
         if self.delivery is Delivery.EXACTLY_ONCE and self.intent_log is not None:
@@ -259,7 +296,9 @@ class BatchConsumer:
                     )
         self.ready.set()
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        # Batches still being written are finished and committed while we own the partitions.
+        self._finish_in_flight(consumer, give_up_on_failure=True)
         tps = {(p.topic, p.partition) for p in partitions}
         self._assigned -= tps
         self._revoked |= tps
@@ -287,6 +326,8 @@ class BatchConsumer:
             if msgs:
                 added = self._accept(msgs)
                 new_since_flush += added
+            while self._in_flight and self._in_flight[0].future.done():
+                self._complete_oldest(consumer)
             now = time.monotonic()
             due = (max_records is not None and len(self._buffer) >= max_records) or (
                 max_seconds is not None and now - last_flush >= max_seconds
@@ -294,12 +335,15 @@ class BatchConsumer:
             if due:
                 if new_since_flush or self._held:
                     self._flush(consumer)
+                elif self._in_flight:
+                    self._finish_in_flight(consumer)
                 new_since_flush = 0
                 last_flush = time.monotonic()
         # Shutdown: finish what is buffered if the sink takes it; otherwise it stays uncommitted
         # and is re-delivered after restart.
         if self._buffer or self._held:
             self._flush(consumer, give_up_on_failure=True)
+        self._finish_in_flight(consumer, give_up_on_failure=True)
 
     def _accept(self, msgs: list[Message]) -> int:
         good = [m for m in msgs if m.error() is None]
@@ -372,12 +416,20 @@ class BatchConsumer:
         started = time.monotonic()
         batch = Batch(self.group, chunks)
         self._revoked.clear()
-        if self.delivery is Delivery.EXACTLY_ONCE:
-            assert self.intent_log is not None
-            if not self._retrying(
-                consumer, lambda: self.intent_log.record(self.group, chunks), give_up_on_failure
-            ):
-                return
+        if self._pipelined:
+            try:
+                # The intent is recorded on the handler's writer thread, before the writes.
+                future = self.handler.submit(batch, self._record_intent)  # type: ignore[attr-defined]
+            except Exception as e:  # failed before writing: complete() retries it
+                future = Future()
+                future.set_exception(e)
+            self._in_flight.append(_InFlight(batch, chunks, future, started))
+            while len(self._in_flight) > self.max_in_flight:
+                self._complete_oldest(consumer, give_up_on_failure)
+            return
+        if not self._retrying(consumer, lambda: self._record_intent(batch), give_up_on_failure):
+            self._abandoned = True
+            return
         letters: list[DeadLetter] = []
 
         def attempt() -> None:
@@ -386,7 +438,55 @@ class BatchConsumer:
             publish_dead_letters(self.dlq_producer, letters, self.name)
 
         if not self._retrying(consumer, attempt, give_up_on_failure):
+            self._abandoned = True
             return
+        self._finish(consumer, batch, chunks, letters, started)
+
+    def _record_intent(self, batch: Batch) -> None:
+        """Exactly-once: record the batch's offset ranges before anything is written."""
+        if self.delivery is Delivery.EXACTLY_ONCE:
+            assert self.intent_log is not None
+            self.intent_log.record(self.group, batch.chunks)
+
+    def _complete_oldest(self, consumer: Consumer, give_up_on_failure: bool = False) -> None:
+        """Wait for the oldest in-flight batch; retry it synchronously if it failed."""
+        pending = self._in_flight.popleft()
+        letters: list[DeadLetter] = []
+
+        def attempt() -> None:
+            nonlocal letters
+            if pending.future is not None:
+                future, pending.future = pending.future, None
+                letters = future.result()
+            else:  # a retry
+                self._record_intent(pending.batch)
+                letters = self.handler.handle(pending.batch)
+            publish_dead_letters(self.dlq_producer, letters, self.name)
+
+        if not self._retrying(consumer, attempt, give_up_on_failure):
+            # Shutdown while the sink is down: this batch and every later one stay
+            # uncommitted (committing a later batch would skip this one's offsets).
+            self._abandoned = True
+            for later in self._in_flight:
+                if later.future is not None:
+                    later.future.exception()  # let its writes end before we exit
+            self._in_flight.clear()
+            return
+        self._finish(consumer, pending.batch, pending.chunks, letters, pending.started)
+
+    def _finish_in_flight(self, consumer: Consumer, give_up_on_failure: bool = False) -> None:
+        while self._in_flight:
+            self._complete_oldest(consumer, give_up_on_failure)
+
+    def _finish(
+        self,
+        consumer: Consumer,
+        batch: Batch,
+        chunks: list[Chunk],
+        letters: list[DeadLetter],
+        started: float,
+    ) -> None:
+        """The batch is written and its dead letters sent: commit and count it."""
         self._commit(consumer, chunks)
         n = len(batch)
         self.stats.batches += 1
@@ -457,6 +557,8 @@ class BatchConsumer:
                 self._accept(msgs)
 
     def _commit(self, consumer: Consumer, chunks: list[Chunk]) -> None:
+        if self._abandoned:
+            return
         offsets = [
             KafkaTopicPartition(c.topic, c.partition, c.last_offset + 1)
             for c in chunks

@@ -44,8 +44,8 @@ _decoder = msgspec.json.Decoder(PageViewEvent)
 _AT_FIELD = re.compile(r"^(.*) - at `\$\.(\w+)`$")
 
 
-def event_identity(raw: bytes) -> str:
-    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+def event_identity(raw: bytes, _blake2b=hashlib.blake2b) -> str:
+    return _blake2b(raw, digest_size=12).hexdigest()
 
 
 def decode_page_view(raw: bytes, now: float) -> tuple[PageViewEvent, float]:
