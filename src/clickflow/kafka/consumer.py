@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from clickflow.fewer_gc import FEWER_COLLECTIONS
 from clickflow.kafka.dlq import DeadLetter, publish_dead_letters
 from clickflow.kafka.producer import EventProducer
 from clickflow.logs import log_fields
@@ -258,7 +259,8 @@ class BatchConsumer:
             extra=log_fields(pipeline=self.name, topics=self.topics, delivery=str(self.delivery)),
         )
         try:
-            self._loop(consumer)
+            with FEWER_COLLECTIONS:
+                self._loop(consumer)
         finally:
             try:
                 consumer.close()

@@ -136,18 +136,17 @@ class DayBucketClaims:
             return set()
         if self._script is None:
             self._script = redis_client(self.settings).register_script(_BUCKET_CLAIM_LUA)
-        by_day: dict[int, list[int]] = {}
-        for i, (day, _identity, _owner) in enumerate(claims):
-            members = by_day.get(day)
-            if members is None:
-                by_day[day] = [i]
-            else:
-                members.append(i)
-        order: list[int] = []
-        payloads: list[str] = []
-        for members in by_day.values():
-            order += members
-            payloads.append("".join(f"{claims[i][1]} {claims[i][2]}\n" for i in members))
-        keys = [f"{self.prefix}{day}" for day in by_day]
+        lines: dict[int, list[str]] = {}  # per day, in claim order
+        order: dict[int, list[int]] = {}
+        for i, (day, identity, owner) in enumerate(claims):
+            day_lines = lines.get(day)
+            if day_lines is None:
+                day_lines = lines[day] = []
+                order[day] = []
+            day_lines.append(f"{identity} {owner}\n")
+            order[day].append(i)
+        keys = [f"{self.prefix}{day}" for day in lines]
+        payloads = ["".join(day_lines) for day_lines in lines.values()]
+        flat = [i for day in lines for i in order[day]]
         found = self._script(keys=keys, args=[self.ttl_s, *payloads])
-        return {order[int(i) - 1] for i in found}
+        return {flat[int(i) - 1] for i in found}
