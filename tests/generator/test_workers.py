@@ -257,3 +257,24 @@ def workers_of(pid: int) -> list[int]:
         if int(stat[1]) == pid and b"spawn_main" in cmdline:
             out.append(int(entry))
     return out
+
+
+def test_an_engine_that_fails_makes_the_command_fail(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process (--workers 1): an error inside the engine's run is reported, exit 1."""
+    from typer.testing import CliRunner
+
+    from clickflow.cli import app
+    from clickflow.generator.engine import Engine
+
+    def run_out_of_disk(self: Engine, **_kw: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Engine, "run", run_out_of_disk)
+    monkeypatch.setenv("CLICKFLOW_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("CLICKFLOW_DATA_DIR", str(tmp_path / "data"))
+    args = ["generate", "--domain", "pageviews", "--no-control", "--quiet", "--count", "10"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.output

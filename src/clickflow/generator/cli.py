@@ -99,13 +99,19 @@ def generate(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    errors: dict[str, str] = {}
+
+    def _run(d: str, e: Engine | WorkerPool) -> None:
+        """An engine that fails stops the others and makes the command fail, loudly."""
+        try:
+            e.run(count=count, duration=duration)
+        except Exception as exc:
+            errors[d] = f"{type(exc).__name__}: {exc}"
+            console.print(f"clickflow generate: {d} failed: {errors[d]}", style="red", markup=False)
+            _stop(0, None)
+
     threads = [
-        threading.Thread(
-            target=e.run,
-            kwargs={"count": count, "duration": duration},
-            name=f"gen-{d}",
-            daemon=True,
-        )
+        threading.Thread(target=_run, args=(d, e), name=f"gen-{d}", daemon=True)
         for d, e in engines.items()
     ]
     for t in threads:
@@ -118,7 +124,7 @@ def generate(
             while any(t.is_alive() for t in threads):
                 time.sleep(0.25)
                 live.update(_line(engines))
-    failures = []
+    failures = [f"{d}: {error}" for d, error in errors.items()]
     for d, e in engines.items():
         e.close()
         s = e.stats.as_dict()
