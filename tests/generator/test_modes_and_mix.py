@@ -103,3 +103,15 @@ def test_invalid_options_are_rejected() -> None:
         GeneratorOptions(pattern="fire-and-forget")
     with pytest.raises(ValueError):
         GeneratorOptions(partitioner="by-moon")
+
+
+def test_a_finished_runs_rate_does_not_decay_after_it_ended() -> None:
+    from clickflow.generator.engine import Stats
+
+    a = Stats(acked=300, started=100.0, ended=102.0)
+    b = Stats(acked=100, started=101.0, ended=103.0)
+    assert a.rate() == 150.0
+    total = Stats.total([a, b])
+    assert (total.started, total.ended, total.acked) == (100.0, 103.0, 400)
+    assert total.rate() == pytest.approx(400 / 3)
+    assert Stats.total([a, Stats(acked=1, started=100.0)]).ended is None  # one still running

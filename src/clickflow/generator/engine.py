@@ -157,6 +157,8 @@ class Stats:
     broken: int = 0
     duplicates: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: When the run ended (after its final flush): the rate of a finished run stays put.
+    ended: float | None = None
 
     @classmethod
     def total(cls, parts: list[Stats]) -> Stats:
@@ -166,6 +168,8 @@ class Stats:
             setattr(out, name, sum(getattr(s, name) for s in parts))
         if parts:
             out.started = min(s.started for s in parts)
+            if all(s.ended is not None for s in parts):
+                out.ended = max(s.ended for s in parts)  # type: ignore[type-var]
         return out
 
     @property
@@ -173,7 +177,7 @@ class Stats:
         return self.valid + self.broken + self.duplicates
 
     def rate(self) -> float:
-        elapsed = time.monotonic() - self.started
+        elapsed = (self.ended or time.monotonic()) - self.started
         return self.acked / elapsed if elapsed > 0 else 0.0
 
     def as_dict(self) -> dict:
@@ -482,6 +486,7 @@ class Engine:
             self._drain()
             if self._truth is not None:
                 self._truth.flush()
+            stats.ended = time.monotonic()
         return self.stats
 
     def _send_batch(self, batch: list[_Pending]) -> None:
