@@ -347,3 +347,46 @@ def test_pipelined_handler_down_at_shutdown_leaves_its_batches_uncommitted(
     )
     run_until(again, lambda: len(sink2.rows) >= 300)
     assert sorted(sink2.rows) == list(range(300))
+
+
+class SynchronousSink(PipelinedSink):
+    """The same sink without ``submit``: the framework's plain, synchronous path."""
+
+    submit = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("sink_class", [PipelinedSink, SynchronousSink])
+def test_exactly_once_through_a_rebalance_while_the_sink_fails(
+    settings: Settings, topic: str, sink_class: type[PipelinedSink]
+) -> None:
+    """A second consumer joins while the first retries a failed batch (pipelined: with
+    another in flight): every record still lands exactly once (shared intent log, per-chunk
+    tokens), and the partitions paused for the outage are read again after the rebalance
+    (librdkafka keeps a pause across revoke and assign)."""
+    intents = MemoryIntentLog()
+    first = sink_class(intents, fail_times=6, delay=0.05)
+    second = sink_class(intents, delay=0.02)
+    second.rows, second.tokens = first.rows, first.tokens  # one store, as in ClickHouse
+    trigger = BatchTrigger(max_records=100, max_seconds=0.2)
+    consumers = [
+        make_consumer(
+            settings, topic, sink, trigger, delivery=Delivery.EXACTLY_ONCE, intent_log=intents
+        )
+        for sink in (first, second)
+    ]
+    produce(settings, topic, records(4000))
+    threads = [threading.Thread(target=c.run, daemon=True) for c in consumers]
+    threads[0].start()
+    consumers[0].ready.wait(30)
+    while first.calls < 2:  # the first failures are being retried
+        time.sleep(0.01)
+    threads[1].start()  # the group rebalances
+    deadline = time.monotonic() + 60
+    while len(set(first.rows)) < 4000 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for c in consumers:
+        c.stop()
+    for t in threads:
+        t.join(20)
+    assert sorted(first.rows) == list(range(4000))
+    assert first.unrecorded_writes == second.unrecorded_writes == 0

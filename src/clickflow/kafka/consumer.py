@@ -234,6 +234,11 @@ class BatchConsumer:
         # Set when a batch is given up at shutdown: committing any later batch would commit
         # past its offsets, so nothing is committed after it.
         self._abandoned = False
+        # True while the oldest in-flight batch is awaited or retried (a rebalance callback
+        # can run inside that wait, from consume() while backing off).
+        self._completing = False
+        # The partitions paused while the handler is failing (None while it is not).
+        self._paused: list[KafkaTopicPartition] | None = None
         self._pipelined = callable(getattr(self.handler, "submit", None))
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -278,6 +283,13 @@ class BatchConsumer:
         # Positions restart from the committed offsets: a batch given up during the last
         # revoke is read again, so committing is safe again.
         self._abandoned = False
+        # librdkafka keeps a partition's pause across revoke and assign: a partition paused
+        # for a sink outage and handed back after a rebalance would never be read again.
+        if self._paused is not None:  # the sink is still down: resumed when it is back
+            consumer.pause(partitions)
+            self._paused.extend(partitions)
+        else:
+            consumer.resume(partitions)
         self._assigned |= tps
         self._revoked -= tps
         if self.delivery is Delivery.EXACTLY_ONCE and self.intent_log is not None:
@@ -299,8 +311,14 @@ class BatchConsumer:
         self.ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        # Batches still being written are finished and committed while we own the partitions.
-        self._finish_in_flight(consumer, give_up_on_failure=True)
+        if self._completing:
+            # The oldest batch is being retried: nothing after it may be committed first.
+            # The later ones are dropped uncommitted; whoever owns the partitions next
+            # re-reads them (their writes are idempotent per chunk).
+            self._drop_in_flight()
+        else:
+            # Batches still being written are finished and committed while we own them.
+            self._finish_in_flight(consumer, give_up_on_failure=True)
         tps = {(p.topic, p.partition) for p in partitions}
         self._assigned -= tps
         self._revoked |= tps
@@ -465,16 +483,25 @@ class BatchConsumer:
                 letters = self.handler.handle(pending.batch)
             publish_dead_letters(self.dlq_producer, letters, self.name)
 
-        if not self._retrying(consumer, attempt, give_up_on_failure):
+        self._completing = True
+        try:
+            done = self._retrying(consumer, attempt, give_up_on_failure)
+        finally:
+            self._completing = False
+        if not done:
             # Shutdown while the sink is down: this batch and every later one stay
             # uncommitted (committing a later batch would skip this one's offsets).
             self._abandoned = True
-            for later in self._in_flight:
-                if later.future is not None:
-                    later.future.exception()  # let its writes end before we exit
-            self._in_flight.clear()
+            self._drop_in_flight()
             return
         self._finish(consumer, pending.batch, pending.chunks, letters, pending.started)
+
+    def _drop_in_flight(self) -> None:
+        """Forget the in-flight batches uncommitted, once their writes have ended."""
+        for later in self._in_flight:
+            if later.future is not None:
+                later.future.exception()  # waits for the writes; their outcome no longer matters
+        self._in_flight.clear()
 
     def _finish_in_flight(self, consumer: Consumer, give_up_on_failure: bool = False) -> None:
         while self._in_flight:
@@ -516,7 +543,6 @@ class BatchConsumer:
 
         Returns False when it gave up (shutdown requested): the batch stays uncommitted."""
         delay = self.backoff_initial
-        paused: list[KafkaTopicPartition] = []
         try:
             while True:
                 try:
@@ -536,14 +562,15 @@ class BatchConsumer:
                     )
                     if give_up_on_failure or self._stop.is_set():
                         return False
-                    if not paused:
-                        paused = consumer.assignment()
-                        if paused:
-                            consumer.pause(paused)
+                    if self._paused is None:
+                        self._paused = consumer.assignment()
+                        if self._paused:
+                            consumer.pause(self._paused)
                     self._sleep_polling(consumer, delay * random.uniform(0.5, 1.0))
                     delay = min(self.backoff_max, delay * 2)
         finally:
             SINK_DOWN.labels(self.name).set(0)
+            paused, self._paused = self._paused, None
             if paused:
                 try:
                     consumer.resume([p for p in paused if (p.topic, p.partition) in self._assigned])
