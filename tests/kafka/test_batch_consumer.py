@@ -85,6 +85,16 @@ def run_until(consumer: BatchConsumer, cond, timeout: float = 30.0) -> None:
     assert cond(), "condition not reached before the timeout"
 
 
+def left_in_group(settings: Settings, topic: str) -> list[int]:
+    """What a new consumer of the group ``g-<topic>`` still gets: the uncommitted records."""
+    sink = MemorySink()
+    again = make_consumer(
+        settings, topic, sink, BatchTrigger(max_records=10, max_seconds=0.3), group=f"g-{topic}"
+    )
+    run_until(again, lambda: again.ready.is_set() and time.sleep(1.5) is None)
+    return sink.rows
+
+
 def records(n: int, start: int = 0) -> list[bytes]:
     return [orjson.dumps({"n": i, "pad": "x" * 50}) for i in range(start, start + n)]
 
@@ -142,12 +152,7 @@ def test_handler_failure_then_recovery_loses_and_duplicates_nothing(
     assert consumer.stats.retries == 4
     assert sorted(sink.rows) == list(range(2000))  # each exactly once
     # Offsets were committed after the writes: a new consumer in the group gets nothing.
-    sink2 = MemorySink()
-    again = make_consumer(
-        settings, topic, sink2, BatchTrigger(max_records=10, max_seconds=0.3), group=f"g-{topic}"
-    )
-    run_until(again, lambda: again.ready.is_set() and time.sleep(1.5) is None)
-    assert sink2.rows == []
+    assert left_in_group(settings, topic) == []
 
 
 def test_poison_record_goes_to_dlq_and_does_not_stop_the_partition(
@@ -325,12 +330,7 @@ def test_pipelined_handler_overlaps_batches_retries_failures_and_commits_everyth
     assert sink.max_pending == 2  # one batch written while the next was submitted
     assert sink.unrecorded_writes == 0  # the intent always came first
     # Every batch was committed after its write: the group has nothing left.
-    sink2 = MemorySink()
-    again = make_consumer(
-        settings, topic, sink2, BatchTrigger(max_records=10, max_seconds=0.3), group=f"g-{topic}"
-    )
-    run_until(again, lambda: again.ready.is_set() and time.sleep(1.5) is None)
-    assert sink2.rows == []
+    assert left_in_group(settings, topic) == []
 
 
 def test_pipelined_handler_down_at_shutdown_leaves_its_batches_uncommitted(
