@@ -174,22 +174,6 @@ def test_poison_record_goes_to_dlq_and_does_not_stop_the_partition(
     assert int(headers["dlq.offset"]) in (10, 200)
 
 
-def test_shutdown_mid_batch_redelivers_it_after_restart(settings: Settings, topic: str) -> None:
-    # The sink is down when shutdown comes: the batch is abandoned uncommitted...
-    sink = MemorySink(fail_times=10**6)
-    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=100, max_seconds=0.3))
-    produce(settings, topic, records(100))
-    run_until(consumer, lambda: sink.calls >= 2)
-    assert sink.rows == []
-    # ...and a restarted consumer of the same group gets it again, whole.
-    sink2 = MemorySink()
-    again = make_consumer(
-        settings, topic, sink2, BatchTrigger(max_records=100, max_seconds=0.3), group=f"g-{topic}"
-    )
-    run_until(again, lambda: len(sink2.rows) >= 100)
-    assert sorted(sink2.rows) == list(range(100))
-
-
 class MemoryIntentLog:
     def __init__(self) -> None:
         self.ranges: list[tuple[str, str, int, int, int]] = []
@@ -333,20 +317,27 @@ def test_pipelined_handler_overlaps_batches_retries_failures_and_commits_everyth
     assert left_in_group(settings, topic) == []
 
 
-def test_pipelined_handler_down_at_shutdown_leaves_its_batches_uncommitted(
-    settings: Settings, topic: str
+@pytest.mark.parametrize(
+    ("sink_class", "n", "batch", "calls"),
+    [(MemorySink, 100, 100, 2), (PipelinedSink, 300, 50, 3)],
+)
+def test_shutdown_while_the_sink_is_down_redelivers_the_batches_after_restart(
+    settings: Settings, topic: str, sink_class: type, n: int, batch: int, calls: int
 ) -> None:
-    sink = PipelinedSink(fail_times=10**6)
-    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=50, max_seconds=0.3))
-    produce(settings, topic, records(300))
-    run_until(consumer, lambda: sink.calls >= 3)
+    # The sink is down when shutdown comes: the batches are abandoned uncommitted...
+    sink = sink_class(fail_times=10**6)
+    trigger = BatchTrigger(max_records=batch, max_seconds=0.3)
+    consumer = make_consumer(settings, topic, sink, trigger)
+    produce(settings, topic, records(n))
+    run_until(consumer, lambda: sink.calls >= calls)
     assert sink.rows == []
+    # ...and a restarted consumer of the same group gets them again, whole.
     sink2 = MemorySink()
     again = make_consumer(
         settings, topic, sink2, BatchTrigger(max_records=100, max_seconds=0.3), group=f"g-{topic}"
     )
-    run_until(again, lambda: len(sink2.rows) >= 300)
-    assert sorted(sink2.rows) == list(range(300))
+    run_until(again, lambda: len(sink2.rows) >= n)
+    assert sorted(sink2.rows) == list(range(n))
 
 
 class SynchronousSink(PipelinedSink):
