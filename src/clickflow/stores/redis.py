@@ -92,22 +92,53 @@ class IdentityClaims:
 
 # The same claims kept as fields of one hash per bucket: KEYS[k] is a bucket, ARGV[k + 1] its
 # "identity owner\n" lines. HSETNX costs Redis about half of a SET NX EX (no key object and
-# no expiry entry per identity), and the hash is ~25% smaller per claim.
+# no expiry entry per identity), and the hash is ~25% smaller per claim. Per bucket the script
+# makes one HMGET and one HSET for up to 1000 claims instead of one HSETNX each (every
+# redis.call costs a command dispatch and an AOF entry), and splits the lines with plain
+# string.find (Lua patterns were a fifth of Redis' time). ``taken`` holds the claims made
+# earlier in the same call, so a copy inside one batch is still a duplicate.
 _BUCKET_CLAIM_LUA = """
 local ttl = tonumber(ARGV[1])
+local find, sub = string.find, string.sub
 local dups = {}
-local i = 0
+local base = 0
 for k = 1, #KEYS do
-  local key = KEYS[k]
-  for field, owner in string.gmatch(ARGV[k + 1], "(%S+) (%S+)\\n") do
-    i = i + 1
-    if redis.call('HSETNX', key, field, owner) == 0 then
-      if redis.call('HGET', key, field) ~= owner then
-        dups[#dups + 1] = i
+  local key, lines = KEYS[k], ARGV[k + 1]
+  local taken = {}
+  local i, n = 1, 0
+  while i <= #lines do
+    local fields, owners = {}, {}
+    local m = 0
+    while i <= #lines and m < 1000 do
+      local space = find(lines, " ", i, true)
+      local stop = find(lines, "\\n", space, true)
+      m = m + 1
+      fields[m] = sub(lines, i, space - 1)
+      owners[m] = sub(lines, space + 1, stop - 1)
+      i = stop + 1
+    end
+    local found = redis.call('HMGET', key, unpack(fields))
+    local new = {}
+    for j = 1, m do
+      local field, owner = fields[j], owners[j]
+      local holder = found[j] or taken[field]
+      if holder then
+        if holder ~= owner then
+          dups[#dups + 1] = base + n + j
+        end
+      else
+        taken[field] = owner
+        new[#new + 1] = field
+        new[#new + 1] = owner
       end
     end
+    if #new > 0 then
+      redis.call('HSET', key, unpack(new))
+    end
+    n = n + m
   end
   redis.call('EXPIRE', key, ttl)
+  base = base + n
 end
 return dups
 """

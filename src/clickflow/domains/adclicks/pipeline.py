@@ -39,7 +39,7 @@ from clickflow.kafka.topics import TopicSpec
 from clickflow.logs import log_fields
 from clickflow.pipelines import PipelineOptions, PipelineSpec
 from clickflow.stores.clickhouse import (
-    DEDUP_INSERT_SETTINGS,
+    PIPELINE_INSERT_SETTINGS,
     ClickHouseIntentLog,
     clickhouse_client,
 )
@@ -112,7 +112,7 @@ class AdClicksHandler:
                     column_names=RAW_COLUMNS,
                     insert_block=encode_rows(rows),
                     fmt="JSONCompactEachRow",
-                    settings={"insert_deduplication_token": token, **DEDUP_INSERT_SETTINGS},
+                    settings={"insert_deduplication_token": token, **PIPELINE_INSERT_SETTINGS},
                 )
             # Written: now the chunk's effects on the in-memory state are real.
             self.seen.add(fresh)

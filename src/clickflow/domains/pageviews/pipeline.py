@@ -37,7 +37,7 @@ from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.pipelines import PipelineOptions, PipelineSpec
 from clickflow.stores.clickhouse import (
-    DEDUP_INSERT_SETTINGS,
+    PIPELINE_INSERT_SETTINGS,
     ClickHouseIntentLog,
     clickhouse_client,
 )
@@ -192,7 +192,7 @@ class PageViewHandler:
                 RAW_COLUMNS,
                 b"\n".join(good),
                 fmt="JSONCompactEachRow",
-                settings={"insert_deduplication_token": token, **DEDUP_INSERT_SETTINGS},
+                settings={"insert_deduplication_token": token, **PIPELINE_INSERT_SETTINGS},
             )
             STORED.inc(len(good))
         if errors:

@@ -33,7 +33,7 @@ from clickflow.kafka.topics import TopicSpec
 from clickflow.logs import log_fields
 from clickflow.pipelines import PipelineOptions, PipelineSpec
 from clickflow.stores.clickhouse import (
-    DEDUP_INSERT_SETTINGS,
+    PIPELINE_INSERT_SETTINGS,
     ClickHouseIntentLog,
     clickhouse_client,
 )
@@ -267,7 +267,7 @@ class UgcHandler:
             table,
             insert_block=_json_lines(rows),
             fmt="JSONEachRow",
-            settings={"insert_deduplication_token": token, **DEDUP_INSERT_SETTINGS},
+            settings={"insert_deduplication_token": token, **PIPELINE_INSERT_SETTINGS},
         )
 
     # -- orphans ------------------------------------------------------------------------------
