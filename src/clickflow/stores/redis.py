@@ -163,21 +163,28 @@ class DayBucketClaims:
 
     def duplicates(self, claims: list[tuple[int, str, str]]) -> set[int]:
         """``claims`` = [(UTC day number, identity, owner)]; returns the duplicate indexes."""
-        if not claims:
+        return self.duplicate_lines(
+            [day for day, _, _ in claims],
+            [f"{identity} {owner}\n" for _, identity, owner in claims],
+        )
+
+    def duplicate_lines(self, days: list[int], lines: list[str]) -> set[int]:
+        """The same, with each claim given as its day and its ``"identity owner\\n"`` line
+        (the page-view pipeline builds the lines while it decodes)."""
+        if not lines:
             return set()
         if self._script is None:
             self._script = redis_client(self.settings).register_script(_BUCKET_CLAIM_LUA)
-        lines: dict[int, list[str]] = {}  # per day, in claim order
-        order: dict[int, list[int]] = {}
-        for i, (day, identity, owner) in enumerate(claims):
-            day_lines = lines.get(day)
-            if day_lines is None:
-                day_lines = lines[day] = []
-                order[day] = []
-            day_lines.append(f"{identity} {owner}\n")
-            order[day].append(i)
-        keys = [f"{self.prefix}{day}" for day in lines]
-        payloads = ["".join(day_lines) for day_lines in lines.values()]
-        flat = [i for day in lines for i in order[day]]
+        if min(days) == max(days):  # the usual case: one event day
+            found = self._script(
+                keys=[f"{self.prefix}{days[0]}"], args=[self.ttl_s, "".join(lines)]
+            )
+            return {int(i) - 1 for i in found}
+        by_day: dict[int, list[int]] = {}  # claim indexes per day, in claim order
+        for i, day in enumerate(days):
+            by_day.setdefault(day, []).append(i)
+        keys = [f"{self.prefix}{day}" for day in by_day]
+        payloads = ["".join(lines[i] for i in indexes) for indexes in by_day.values()]
+        flat = [i for indexes in by_day.values() for i in indexes]
         found = self._script(keys=keys, args=[self.ttl_s, *payloads])
         return {flat[int(i) - 1] for i in found}
