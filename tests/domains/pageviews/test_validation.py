@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from clickflow.domains.pageviews import events
 from clickflow.domains.pageviews.events import InvalidEvent, decode_page_view
 
 NOW = 1_795_000_000.0  # 2026-11-18
@@ -63,3 +64,12 @@ def test_malformed_records_are_rejected(raw: bytes, reason: str) -> None:
     with pytest.raises(InvalidEvent) as e:
         decode_page_view(raw, NOW)
     assert reason in str(e.value)
+
+
+def test_remembered_addresses_stay_bounded_and_never_admit_a_bad_one() -> None:
+    for i in range(100_001):
+        ip = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        decode_page_view(orjson.dumps({**GOOD, "ip_address": ip}), NOW)
+    assert len(events._VALID_IPS) <= 100_000
+    with pytest.raises(InvalidEvent, match="ip_address"):
+        decode_page_view(orjson.dumps({**GOOD, "ip_address": "10.0.0.256"}), NOW)
