@@ -15,6 +15,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -164,9 +166,9 @@ def freshness(settings: Settings, seconds: float) -> tuple[float, float, int]:
     return p50, p99, len(lags)
 
 
-def one_run(delivery: Delivery, events: int) -> float:
-    """One throughput run on its own broker, Redis and chDB (the bench runs each in a fresh
-    process, see main)."""
+@contextmanager
+def own_stores(database: str) -> Iterator[Settings]:
+    """A broker, Redis and chDB of their own, in a temporary directory removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="clickflow-bench-pv-"))
     os.environ["TMPDIR"] = str(tmp)  # chDB writes insert data to $TMPDIR
     redis_proc, redis_url = start_redis(tmp / "redis")
@@ -176,13 +178,19 @@ def one_run(delivery: Delivery, events: int) -> float:
                 kafka_bootstrap=bootstrap,
                 redis_url=redis_url,
                 clickhouse_dsn=f"chdb:///{tmp / 'ch'}",
-                clickhouse_database="bench",
+                clickhouse_database=database,
             )
             migrate_clickhouse(settings, ["pageviews"])
-            return throughput(settings, events, delivery)
+            yield settings
     finally:
         os.killpg(redis_proc.pid, signal.SIGTERM)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def one_run(delivery: Delivery, events: int) -> float:
+    """One throughput run on its own stores (the bench runs each in a fresh process)."""
+    with own_stores("bench") as settings:
+        return throughput(settings, events, delivery)
 
 
 def run_in_fresh_process(delivery: Delivery, events: int) -> float:
@@ -207,8 +215,6 @@ def main() -> None:
     if args.one:
         print(json.dumps({"rate": one_run(Delivery(args.one), args.events)}))
         return
-    tmp = Path(tempfile.mkdtemp(prefix="clickflow-bench-pv-"))
-    os.environ["TMPDIR"] = str(tmp)  # chDB writes insert data to $TMPDIR
     rates: dict[Delivery, list[float]] = {}
     modes = [Delivery.AT_LEAST_ONCE, Delivery.EXACTLY_ONCE]
     for trial in range(args.trials):
@@ -221,24 +227,9 @@ def main() -> None:
             rate = run_in_fresh_process(delivery, args.events)
             rates.setdefault(delivery, []).append(rate)
             print(f"{delivery.value}, trial {trial + 1}: {rate:,.0f} events/s", flush=True)
-    redis_proc, redis_url = start_redis(tmp / "redis")
-    try:
-        with embedded_broker(str(tmp / "broker")) as bootstrap:
-            settings = Settings(
-                kafka_bootstrap=bootstrap,
-                redis_url=redis_url,
-                clickhouse_dsn=f"chdb:///{tmp / 'ch'}",
-                clickhouse_database="bench_fresh",
-            )
-            migrate_clickhouse(settings, ["pageviews"])
-            p50, p99, n = freshness(settings, args.fresh_seconds)
-            print(
-                f"freshness at 1,000 ev/s, hybrid X=1 s: p50 {p50:.3f} s, p99 {p99:.3f} s "
-                f"({n:,} events)"
-            )
-    finally:
-        os.killpg(redis_proc.pid, signal.SIGTERM)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with own_stores("bench_fresh") as settings:
+        p50, p99, n = freshness(settings, args.fresh_seconds)
+    print(f"freshness at 1,000 ev/s, hybrid X=1 s: p50 {p50:.3f} s, p99 {p99:.3f} s ({n:,} events)")
     alo = statistics.median(rates[Delivery.AT_LEAST_ONCE])
     eo = statistics.median(rates[Delivery.EXACTLY_ONCE])
     print(f"at-least-once: {alo:,.0f} events/s (median of {args.trials})")
