@@ -139,7 +139,7 @@ class PageViewHandler:
         errors: list[bytes],
     ) -> list[tuple[int, str, bytes]]:
         """Valid records as (event day, claim line, row); the rest become dead letters and
-        error rows. ``owner`` is "topic/partition/": a claim line is "identity owner\n",
+        error rows. ``owner`` is "topic/partition/": a claim line is "identity owner\\n",
         the record's identity claimed by its own Kafka coordinates."""
         rows: list[tuple[int, str, bytes]] = []
         # The hot loop of the pipeline (~4 us per record): names bound locally.
