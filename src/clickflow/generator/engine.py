@@ -31,9 +31,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from clickflow.config import Settings
-from clickflow.fewer_gc import FEWER_COLLECTIONS
 from clickflow.generator.factory import EventFactory, GeneratedEvent
 from clickflow.generator.modes import RateModel, validate_mode
+from clickflow.hot_loops import FEWER_COLLECTIONS
 from clickflow.kafka.config import producer_config
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import ensure_topics

@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from clickflow.fewer_gc import FEWER_COLLECTIONS
+from clickflow.hot_loops import FEWER_COLLECTIONS, PROMPT_HANDOFFS
 from clickflow.kafka.dlq import DeadLetter, publish_dead_letters
 from clickflow.kafka.producer import EventProducer
 from clickflow.logs import log_fields
@@ -264,7 +264,7 @@ class BatchConsumer:
             extra=log_fields(pipeline=self.name, topics=self.topics, delivery=str(self.delivery)),
         )
         try:
-            with FEWER_COLLECTIONS:
+            with FEWER_COLLECTIONS, PROMPT_HANDOFFS:
                 self._loop(consumer)
         finally:
             try:
