@@ -23,7 +23,7 @@
 --   minute. On this machine's ext4 (no journal) each file creation skips every inode deleted
 --   in the last minute or more, one buffer lookup each: that took a quarter of the
 --   pipeline's CPU and made every run slower than the one before (docs/design.md).
---   Set by the ALTERs at the end, for new tables and for tables made by earlier versions.
+--   Tables made before this setting get it from the ALTERs at the end.
 
 CREATE TABLE IF NOT EXISTS page_views_raw
 (
@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS page_views_raw
 PARTITION BY toYYYYMM(event_date)
 ORDER BY (event_date, page_id, user_id)
 TTL event_date + INTERVAL 30 DAY
-SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 10000;
+SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 10000,
+    min_bytes_for_full_part_storage = 10485760;
 
 CREATE TABLE IF NOT EXISTS page_views_agg_minute
 (
@@ -58,7 +59,8 @@ CREATE TABLE IF NOT EXISTS page_views_agg_minute
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (window_start, page_id)
 TTL window_start + INTERVAL 7 DAY
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS non_replicated_deduplication_window = 10000,
+    min_bytes_for_full_part_storage = 10485760;
 
 CREATE TABLE IF NOT EXISTS page_views_agg_hour
 (
@@ -72,7 +74,8 @@ CREATE TABLE IF NOT EXISTS page_views_agg_hour
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (window_start, page_id)
 TTL window_start + INTERVAL 365 DAY
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS non_replicated_deduplication_window = 10000,
+    min_bytes_for_full_part_storage = 10485760;
 
 CREATE TABLE IF NOT EXISTS processing_errors
 (
@@ -84,7 +87,8 @@ CREATE TABLE IF NOT EXISTS processing_errors
 ) ENGINE = MergeTree()
 ORDER BY (error_time)
 TTL error_time + INTERVAL 30 DAY
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS non_replicated_deduplication_window = 10000,
+    min_bytes_for_full_part_storage = 10485760;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS page_views_raw_to_minute
 TO page_views_agg_minute
@@ -112,7 +116,7 @@ SELECT
 FROM page_views_agg_minute
 GROUP BY window_start, page_id;
 
--- Small parts packed into one file (see the top of this file); idempotent.
+-- Tables created by an earlier version: packed small parts too (see the top of this file).
 ALTER TABLE page_views_raw MODIFY SETTING min_bytes_for_full_part_storage = 10485760;
 ALTER TABLE page_views_agg_minute MODIFY SETTING min_bytes_for_full_part_storage = 10485760;
 ALTER TABLE page_views_agg_hour MODIFY SETTING min_bytes_for_full_part_storage = 10485760;
