@@ -85,7 +85,6 @@ def ping(settings: Settings) -> str:
         return f"error: {type(e).__name__}: {str(e)[:200]}"
 
 
-# One small part per batch: packed into one file, like the page-view tables (their schema.sql).
 INTENTS_SQL = """
 CREATE TABLE IF NOT EXISTS consumer_intents
 (
@@ -98,7 +97,6 @@ CREATE TABLE IF NOT EXISTS consumer_intents
 ) ENGINE = MergeTree
 ORDER BY (group_id, topic, partition, first_offset)
 TTL created + INTERVAL 7 DAY
-SETTINGS min_bytes_for_full_part_storage = 10485760
 """
 
 

@@ -113,17 +113,6 @@ def test_rollups_match_ground_truth_with_the_seed_mix(
     assert [(r[0], r[1], round(r[2], 6), r[3], round(r[4], 6)) for r in raw] == [
         (r[0], r[1], round(r[2], 6), r[3], round(r[4], 6)) for r in api
     ]
-    # Small parts are one packed file each, not a directory of files (schema.sql says why).
-    storage = ch.query(
-        "SELECT table, groupUniqArray(part_storage_type) FROM system.parts "
-        "WHERE database = currentDatabase() AND table LIKE 'page_views%' GROUP BY table "
-        "ORDER BY table"
-    ).result_rows
-    assert storage == [
-        ("page_views_agg_hour", ["Packed"]),
-        ("page_views_agg_minute", ["Packed"]),
-        ("page_views_raw", ["Packed"]),
-    ]
 
 
 def test_clickhouse_outage_loses_nothing(

@@ -16,14 +16,6 @@
 --   the minute table, merged from the minute states (sumMergeState / uniqExactMergeState),
 --   so hourly views, average duration, unique users and bounce rate are exact:
 --   avg = sumMerge(total_duration) / sumMerge(view_count), rate = bounces / views.
--- * min_bytes_for_full_part_storage = 10 MB: a part smaller than that (every insert's part,
---   and the first merges) is one file, data.packed, instead of a directory of ~13 files.
---   Each insert makes a part in three tables, and chDB removes merged-away parts at once
---   (old_parts_lifetime = 0), so the pipeline creates and deletes thousands of files a
---   minute. On this machine's ext4 (no journal) each file creation skips every inode deleted
---   in the last minute or more, one buffer lookup each: that took a quarter of the
---   pipeline's CPU and made every run slower than the one before (docs/design.md).
---   Tables made before this setting get it from the ALTERs at the end.
 
 CREATE TABLE IF NOT EXISTS page_views_raw
 (
@@ -44,8 +36,7 @@ CREATE TABLE IF NOT EXISTS page_views_raw
 PARTITION BY toYYYYMM(event_date)
 ORDER BY (event_date, page_id, user_id)
 TTL event_date + INTERVAL 30 DAY
-SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 10000,
-    min_bytes_for_full_part_storage = 10485760;
+SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 10000;
 
 CREATE TABLE IF NOT EXISTS page_views_agg_minute
 (
@@ -59,8 +50,7 @@ CREATE TABLE IF NOT EXISTS page_views_agg_minute
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (window_start, page_id)
 TTL window_start + INTERVAL 7 DAY
-SETTINGS non_replicated_deduplication_window = 10000,
-    min_bytes_for_full_part_storage = 10485760;
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE TABLE IF NOT EXISTS page_views_agg_hour
 (
@@ -74,8 +64,7 @@ CREATE TABLE IF NOT EXISTS page_views_agg_hour
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (window_start, page_id)
 TTL window_start + INTERVAL 365 DAY
-SETTINGS non_replicated_deduplication_window = 10000,
-    min_bytes_for_full_part_storage = 10485760;
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE TABLE IF NOT EXISTS processing_errors
 (
@@ -87,8 +76,7 @@ CREATE TABLE IF NOT EXISTS processing_errors
 ) ENGINE = MergeTree()
 ORDER BY (error_time)
 TTL error_time + INTERVAL 30 DAY
-SETTINGS non_replicated_deduplication_window = 10000,
-    min_bytes_for_full_part_storage = 10485760;
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS page_views_raw_to_minute
 TO page_views_agg_minute
@@ -115,9 +103,3 @@ SELECT
     sumMergeState(bounce_count) AS bounce_count
 FROM page_views_agg_minute
 GROUP BY window_start, page_id;
-
--- Tables created by an earlier version: packed small parts too (see the top of this file).
-ALTER TABLE page_views_raw MODIFY SETTING min_bytes_for_full_part_storage = 10485760;
-ALTER TABLE page_views_agg_minute MODIFY SETTING min_bytes_for_full_part_storage = 10485760;
-ALTER TABLE page_views_agg_hour MODIFY SETTING min_bytes_for_full_part_storage = 10485760;
-ALTER TABLE processing_errors MODIFY SETTING min_bytes_for_full_part_storage = 10485760;
