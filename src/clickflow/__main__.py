@@ -1,3 +1,5 @@
 from clickflow.cli import app
 
-app()
+# Guarded: a spawned worker process (the page-view decoder) imports the parent's __main__.
+if __name__ == "__main__":
+    app()
