@@ -271,9 +271,6 @@ class BatchConsumer:
                 consumer.close()
             except (KafkaException, RuntimeError):
                 pass
-            close_handler = getattr(self.handler, "close", None)
-            if close_handler is not None:  # e.g. a handler's worker processes
-                close_handler()
             log.info(
                 "consumer stopped", extra=log_fields(pipeline=self.name, records=self.stats.records)
             )
