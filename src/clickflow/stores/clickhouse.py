@@ -8,8 +8,10 @@ the embedded ClickHouse live in one process (`clickflow serve`).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
@@ -18,6 +20,8 @@ from clickhouse_connect.driver.client import Client
 
 from clickflow.config import Settings
 from clickflow.kafka.consumer import Chunk
+from clickflow.logs import log_fields
+from clickflow.stores.chdb_dedup import forget_uncommitted_blocks
 
 # Settings of every pipeline insert (one batch chunk, with a deduplication token):
 # * the rollup blocks a replayed insert produces are dropped too (each schema.sql explains);
@@ -31,6 +35,8 @@ PIPELINE_INSERT_SETTINGS = {
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _lock = threading.Lock()
 _clients: dict[tuple[str, str, int], Client] = {}
+_repaired: set[Path] = set()
+log = logging.getLogger("clickflow.clickhouse")
 
 
 def clickhouse_client(settings: Settings, database: str | None = None) -> Client:
@@ -55,12 +61,29 @@ def clickhouse_client(settings: Settings, database: str | None = None) -> Client
 
 
 def _connect(dsn: str, database: str) -> Client:
+    if dsn.startswith("chdb://"):
+        _repair_once(Path(dsn.removeprefix("chdb://")))
     kwargs: dict[str, Any] = {"dsn": dsn, "database": database}
     if not dsn.startswith("chdb:"):
         kwargs["autogenerate_session_id"] = False
         kwargs["connect_timeout"] = 5
         kwargs["send_receive_timeout"] = 60
     return clickhouse_connect.get_client(**kwargs)
+
+
+def _repair_once(data_dir: Path) -> None:
+    """Before this process first opens an embedded data directory: forget the dedup
+    records of blocks a crash left uncommitted (see ``chdb_dedup``)."""
+    if data_dir in _repaired:
+        return
+    _repaired.add(data_dir)
+    if not data_dir.is_dir():
+        return
+    for block in forget_uncommitted_blocks(data_dir):
+        log.warning(
+            "forgot the deduplication record of a block a crash left uncommitted",
+            extra=log_fields(table_dir=str(block.table_dir), part=block.part),
+        )
 
 
 def split_statements(sql: str) -> list[str]:
