@@ -15,6 +15,7 @@ when a part is dropped; the log then forgets the block and the replay inserts it
 
 from __future__ import annotations
 
+import fcntl
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,24 @@ class ForgottenBlock:
 def forget_uncommitted_blocks(data_dir: Path) -> list[ForgottenBlock]:
     """Append a DROP record for every table whose last ADD record has no part on disk.
 
-    Must run while no process has ``data_dir`` open (chDB allows one process per data
-    directory; call it before the first connection)."""
+    Call it before this process opens ``data_dir``. It holds the lock chDB holds while a
+    process has the directory open (``flock`` on its ``status`` file), and does nothing if
+    another process holds it: that process's inserts may be between record and rename."""
+    status = data_dir / "status"
+    if not status.exists():
+        return _forget(data_dir)
+    with status.open("rb") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []
+        try:
+            return _forget(data_dir)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _forget(data_dir: Path) -> list[ForgottenBlock]:
     forgotten: list[ForgottenBlock] = []
     for logs_dir in sorted(data_dir.glob("store/*/*/deduplication_logs")):
         found = _last_record(logs_dir)

@@ -9,6 +9,7 @@ the chunk with the same token, and every table must hold it exactly once.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+
+from clickflow.stores.chdb_dedup import forget_uncommitted_blocks
 
 ROWS = 120
 START = int(time.time()) // 3600 * 3600  # this hour: inside every table's TTL
@@ -95,3 +98,40 @@ def test_replay_lands_when_a_crash_left_a_record_without_its_part(
             shutil.rmtree(part)
     # The replay: a record whose part is gone is forgotten, a true one still deduplicates.
     assert _step(data) == whole
+
+
+# -- the repair's rules on a fake data directory (pure file logic) -----------------------------
+
+
+def _fake_table(data: Path, parts: list[str], log: str) -> Path:
+    table = data / "store" / "abc" / "abc-uuid"
+    (table / "deduplication_logs").mkdir(parents=True)
+    for part in parts:
+        (table / part).mkdir()
+    (table / "deduplication_logs" / "deduplication_log_1.txt").write_text(log)
+    return table / "deduplication_logs" / "deduplication_log_1.txt"
+
+
+def test_only_a_last_record_without_its_part_is_forgotten(tmp_path: Path) -> None:
+    log = "1\t202611_1_1_0\tid-1\n1\t202611_2_2_0\tid-2\n"
+    # Block 2 merged into 1_2: committed, nothing to forget.
+    kept = _fake_table(tmp_path / "a", ["202611_1_2_1", "tmp_merge_202611_1_9_2"], log)
+    assert forget_uncommitted_blocks(tmp_path / "a") == []
+    assert kept.read_text() == log
+    # Block 2 has no part (a temporary one does not count): its record gets a DROP.
+    lost = _fake_table(tmp_path / "b", ["202611_1_1_0", "tmp_insert_202611_2_2_0"], log)
+    [block] = forget_uncommitted_blocks(tmp_path / "b")
+    assert (block.part, block.block_id) == ("202611_2_2_0", "id-2")
+    assert lost.read_text() == log + "2\t202611_2_2_0\tid-2\n"
+    # Once forgotten, the last record is the DROP: a second start-up changes nothing.
+    assert forget_uncommitted_blocks(tmp_path / "b") == []
+
+
+def test_nothing_is_touched_while_another_process_has_the_directory(tmp_path: Path) -> None:
+    log = "1\t202611_7_7_0\tid-7\n"
+    path = _fake_table(tmp_path, [], log)
+    with (tmp_path / "status").open("wb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as chDB holds it while the directory is open
+        assert forget_uncommitted_blocks(tmp_path) == []
+    assert path.read_text() == log
+    assert [b.part for b in forget_uncommitted_blocks(tmp_path)] == ["202611_7_7_0"]
