@@ -13,7 +13,7 @@ exactly-once consumer does. At the end every table must hold every batch exactly
 ``--packed`` stores small parts as one file (``min_bytes_for_full_part_storage``), which
 widens the window. ``--no-repair`` skips what clickflow does before it opens a chDB data
 directory (``clickflow.stores.chdb_dedup``), and shows the hole. See docs/design.md
-("Known hole").
+("The engine dying between a block's dedup record and its part").
 """
 
 from __future__ import annotations

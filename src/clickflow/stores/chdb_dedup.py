@@ -4,7 +4,7 @@ A MergeTree table with ``non_replicated_deduplication_window`` appends each new 
 to ``deduplication_logs/`` and only then renames the block's part into the table, both
 under the table's parts lock. A process that dies between the two leaves a record whose
 part is gone: the exactly-once replay of that chunk, with the same token, would be dropped
-as a duplicate and the chunk lost from that table (docs/design.md, "Known hole"). With chDB
+as a duplicate and the chunk lost from that table (docs/design.md). With chDB
 the engine dies with the consumer, so before a process first opens a data directory,
 each table's last record is checked against its part directories. Under the parts lock no
 other block can be numbered between a record and its rename, so only the last record can
