@@ -20,7 +20,9 @@ from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from clickflow.stores.clickhouse import ClickHouseIntentLog, clickhouse_client
 
-BASE_TS = 1_764_000_000_000  # 2025-11-24, epoch ms
+# Epoch ms: a whole hour a day ago. Relative to now, not a fixed date: the UGC tables keep
+# a year (TTL), and a fixed date's rows started expiring on insert a year later.
+BASE_TS = (int(time.time()) // 3600 - 24) * 3600 * 1000
 
 PAGE_VIEW_SQL = """
     SELECT user_id, page_view_id, page_type, toUnixTimestamp64Milli(started_at),
