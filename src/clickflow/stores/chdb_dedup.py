@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # partition_min_max_level[_mutation], as MergeTreePartInfo names parts
-_PART = re.compile(r"(?P<partition>.+?)_(?P<min>\d+)_(?P<max>\d+)_\d+(?:_\d+)?")
+PART_NAME = re.compile(r"(?P<partition>.+?)_(?P<min>\d+)_(?P<max>\d+)_\d+(?:_\d+)?")
 _ADD, _DROP = "1", "2"
 
 
@@ -61,7 +61,7 @@ def _forget(data_dir: Path) -> list[ForgottenBlock]:
         if found is None:
             continue
         log_file, (op, part, block_id) = found
-        name = _PART.fullmatch(part)
+        name = PART_NAME.fullmatch(part)
         if op != _ADD or name is None:
             continue
         if _committed(logs_dir.parent, name["partition"], int(name["min"])):
@@ -93,7 +93,7 @@ def _committed(table_dir: Path, partition: str, block: int) -> bool:
     for entry in table_dir.iterdir():
         if entry.name.startswith(("tmp", "delete_tmp")) or not entry.is_dir():
             continue
-        name = _PART.fullmatch(entry.name)
+        name = PART_NAME.fullmatch(entry.name)
         if (
             name is not None
             and name["partition"] == partition

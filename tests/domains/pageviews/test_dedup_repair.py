@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from clickflow.stores.chdb_dedup import forget_uncommitted_blocks
+from clickflow.stores.chdb_dedup import PART_NAME, forget_uncommitted_blocks
 
 ROWS = 120
 START = int(time.time()) // 3600 * 3600  # this hour: inside every table's TTL
@@ -57,7 +57,6 @@ counts = {
 }
 print(orjson.dumps(counts).decode())
 """
-PART = re.compile(r".+?_\d+_\d+_\d+(_\d+)?")
 
 
 def _step(data: Path) -> dict[str, int]:
@@ -92,7 +91,7 @@ def test_replay_lands_when_a_crash_left_a_record_without_its_part(
     whole = dict.fromkeys(("page_views_raw", "page_views_agg_minute", "page_views_agg_hour"), ROWS)
     assert _step(data) == whole
     if lost is not None:
-        parts = [p for p in _table_dir(data, lost).iterdir() if PART.fullmatch(p.name)]
+        parts = [p for p in _table_dir(data, lost).iterdir() if PART_NAME.fullmatch(p.name)]
         assert parts, f"{lost} has no part to lose"
         for part in parts:
             shutil.rmtree(part)
