@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import embedded_broker, load_average, machine, today  # noqa: E402
 
 from clickflow.config import Settings  # noqa: E402
+from clickflow.kafka.batch import Batch, BatchTrigger  # noqa: E402
 from clickflow.kafka.config import consumer_config, producer_config  # noqa: E402
-from clickflow.kafka.consumer import Batch, BatchConsumer, BatchTrigger  # noqa: E402
+from clickflow.kafka.consumer import BatchConsumer  # noqa: E402
 from clickflow.kafka.dlq import DeadLetter  # noqa: E402
 from clickflow.kafka.producer import EventProducer  # noqa: E402
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics  # noqa: E402

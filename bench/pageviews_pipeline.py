@@ -28,15 +28,17 @@ from _common import embedded_broker, load_average, machine, today  # noqa: E402
 from clickflow.config import Settings  # noqa: E402
 from clickflow.domains.pageviews.pipeline import PageViewHandler  # noqa: E402
 from clickflow.domains.pageviews.traffic import PageViewFactory  # noqa: E402
+from clickflow.exactly_once.intent_log import ClickHouseIntentLog  # noqa: E402
 from clickflow.generator.engine import Engine, GeneratorOptions, Mix  # noqa: E402
 from clickflow.generator.modes import RateModel  # noqa: E402
+from clickflow.kafka.batch import Batch, BatchTrigger, Delivery  # noqa: E402
 from clickflow.kafka.config import consumer_config, producer_config  # noqa: E402
-from clickflow.kafka.consumer import Batch, BatchConsumer, BatchTrigger, Delivery  # noqa: E402
+from clickflow.kafka.consumer import BatchConsumer  # noqa: E402
 from clickflow.kafka.producer import EventProducer  # noqa: E402
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics  # noqa: E402
 from clickflow.migrations import migrate_clickhouse  # noqa: E402
 from clickflow.runtime.redis_server import start_redis  # noqa: E402
-from clickflow.stores.clickhouse import ClickHouseIntentLog, clickhouse_client  # noqa: E402
+from clickflow.stores.clickhouse import clickhouse_client  # noqa: E402
 
 
 class _Ts(msgspec.Struct):

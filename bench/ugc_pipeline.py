@@ -30,13 +30,15 @@ from clickflow.config import Settings  # noqa: E402
 from clickflow.domains.ugc.config import UgcConfig  # noqa: E402
 from clickflow.domains.ugc.pipeline import UgcHandler  # noqa: E402
 from clickflow.domains.ugc.traffic import UgcEventFactory  # noqa: E402
+from clickflow.exactly_once.intent_log import ClickHouseIntentLog  # noqa: E402
+from clickflow.kafka.batch import Batch, BatchTrigger, Delivery  # noqa: E402
 from clickflow.kafka.config import consumer_config, producer_config  # noqa: E402
-from clickflow.kafka.consumer import Batch, BatchConsumer, BatchTrigger, Delivery  # noqa: E402
+from clickflow.kafka.consumer import BatchConsumer  # noqa: E402
 from clickflow.kafka.producer import EventProducer  # noqa: E402
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics  # noqa: E402
 from clickflow.migrations import migrate_clickhouse  # noqa: E402
 from clickflow.runtime.redis_server import start_redis  # noqa: E402
-from clickflow.stores.clickhouse import ClickHouseIntentLog, clickhouse_client  # noqa: E402
+from clickflow.stores.clickhouse import clickhouse_client  # noqa: E402
 
 
 class Timed:

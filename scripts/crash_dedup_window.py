@@ -12,7 +12,7 @@ exactly-once consumer does. At the end every table must hold every batch exactly
 
 ``--packed`` stores small parts as one file (``min_bytes_for_full_part_storage``), which
 widens the window. ``--no-repair`` skips what clickflow does before it opens a chDB data
-directory (``clickflow.stores.chdb_dedup``), and shows the hole. See docs/design.md
+directory (``clickflow.exactly_once.chdb_dedup``), and shows the hole. See docs/design.md
 ("The engine dying between a block's dedup record and its part").
 """
 
@@ -61,7 +61,7 @@ def batch_rows(n: int) -> str:
 def child(data: Path, batches: int, packed: bool, repair: bool) -> None:
     from chdb import session
 
-    from clickflow.stores.chdb_dedup import forget_uncommitted_blocks
+    from clickflow.exactly_once.chdb_dedup import forget_uncommitted_blocks
     from clickflow.stores.clickhouse import split_statements
 
     if repair:  # what clickflow does before it opens a chDB data directory

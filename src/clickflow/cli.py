@@ -109,7 +109,7 @@ def process(
     group: Annotated[str | None, typer.Option(help="consumer group id")] = None,
 ) -> None:
     """Run pipelines in this process until SIGINT/SIGTERM (then finish the batch and commit)."""
-    from clickflow.kafka.consumer import BatchTrigger, Delivery
+    from clickflow.kafka.batch import BatchTrigger, Delivery
     from clickflow.migrations import migrate_clickhouse, migrate_postgres
     from clickflow.pipelines import PipelineOptions, all_pipelines, build_consumer
 

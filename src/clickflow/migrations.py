@@ -14,10 +14,11 @@ log = logging.getLogger("clickflow.migrations")
 def migrate_clickhouse(
     settings: Settings, domains: list[str] | None = None, database: str | None = None
 ) -> int:
+    from clickflow.exactly_once.intent_log import INTENTS_SQL
     from clickflow.stores import clickhouse
 
     client = clickhouse.clickhouse_client(settings, database)
-    client.command(clickhouse.INTENTS_SQL)
+    client.command(INTENTS_SQL)
     total = 0
     for domain in domains or DOMAINS:
         sql = domain_sql(domain, "schema.sql")

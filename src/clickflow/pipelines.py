@@ -10,8 +10,9 @@ from typing import Literal
 
 from clickflow.config import Settings
 from clickflow.domains import DOMAINS, domain_module
+from clickflow.kafka.batch import BatchHandler, BatchTrigger, Delivery, IntentLog
 from clickflow.kafka.config import consumer_config, producer_config
-from clickflow.kafka.consumer import BatchConsumer, BatchHandler, BatchTrigger, Delivery, IntentLog
+from clickflow.kafka.consumer import BatchConsumer
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 

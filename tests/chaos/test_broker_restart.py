@@ -60,7 +60,7 @@ def _consume_until(settings: Settings, topic: str, want: int, timeout: float) ->
 
 
 def _trigger():
-    from clickflow.kafka.consumer import BatchTrigger
+    from clickflow.kafka.batch import BatchTrigger
 
     return BatchTrigger(max_records=100, max_seconds=0.2)
 

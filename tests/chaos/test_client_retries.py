@@ -14,7 +14,7 @@ from confluent_kafka import Message
 from clickflow.config import Settings
 from clickflow.domains.ugc.config import UgcConfig
 from clickflow.domains.ugc.pipeline import TABLES, UgcHandler
-from clickflow.kafka.consumer import Batch, Chunk
+from clickflow.kafka.batch import Batch, Chunk
 from clickflow.migrations import migrate_clickhouse
 from clickflow.stores.clickhouse import clickhouse_client
 

@@ -26,7 +26,7 @@ from clickflow.domains.telecom.traffic import TelecomFactory
 from clickflow.domains.ugc.config import UgcConfig
 from clickflow.domains.ugc.pipeline import UgcHandler
 from clickflow.domains.ugc.traffic import UgcEventFactory
-from clickflow.kafka.consumer import Batch, Chunk
+from clickflow.kafka.batch import Batch, Chunk
 from clickflow.migrations import migrate_clickhouse, migrate_postgres
 from clickflow.pipelines import PipelineOptions
 from tests.domains.telecom.conftest import with_database

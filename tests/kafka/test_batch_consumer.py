@@ -11,8 +11,9 @@ import pytest
 from confluent_kafka import Consumer
 
 from clickflow.config import Settings
+from clickflow.kafka.batch import Batch, BatchTrigger, Chunk, Delivery
 from clickflow.kafka.config import consumer_config, producer_config
-from clickflow.kafka.consumer import Batch, BatchConsumer, BatchTrigger, Chunk, Delivery
+from clickflow.kafka.consumer import BatchConsumer
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics

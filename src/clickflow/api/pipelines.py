@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from prometheus_client import REGISTRY
 
 from clickflow.api.deps import require_token
-from clickflow.kafka.consumer import RECENT_DEAD_LETTERS
+from clickflow.kafka.dlq import recent_dead_letters
 
 router = APIRouter(
     prefix="/v1/pipelines", tags=["pipelines"], dependencies=[Depends(require_token)]
@@ -50,6 +50,6 @@ def stats() -> dict:
     return {
         "time": time.time(),
         "pipelines": dict(pipelines),
-        "recent_dead_letters": {k: list(v)[::-1] for k, v in RECENT_DEAD_LETTERS.items()},
+        "recent_dead_letters": recent_dead_letters(),
         "metrics": domain_metrics,
     }

@@ -20,20 +20,18 @@ import logging
 import random
 import threading
 import time
-import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from clickflow.exactly_once.replay import ReplayPlan
 from clickflow.hot_loops import FEWER_COLLECTIONS, PROMPT_HANDOFFS
-from clickflow.kafka.dlq import DeadLetter, publish_dead_letters
+from clickflow.kafka.batch import Batch, BatchHandler, BatchTrigger, Chunk, Delivery, IntentLog
+from clickflow.kafka.dlq import DeadLetter, publish_dead_letters, remember_dead_letters
 from clickflow.kafka.producer import EventProducer
 from clickflow.logs import log_fields
 
@@ -60,119 +58,7 @@ LAG = Gauge(
     ["pipeline", "topic", "partition"],
 )
 
-#: The latest dead letters of each pipeline in this process, for the dashboard.
-RECENT_DEAD_LETTERS: dict[str, deque[dict]] = {}
-
 TP = tuple[str, int]
-
-
-class Delivery(StrEnum):
-    AT_LEAST_ONCE = "at-least-once"
-    EXACTLY_ONCE = "exactly-once"
-
-
-@dataclass(frozen=True)
-class BatchTrigger:
-    """When to hand a batch over: ``max_records`` and/or ``max_seconds`` (first one wins)."""
-
-    max_records: int | None = 1000
-    max_seconds: float | None = 1.0
-
-    def __post_init__(self) -> None:
-        if self.max_records is None and self.max_seconds is None:
-            raise ValueError("a batch trigger needs max_records, max_seconds or both")
-        if self.max_records is not None and not 1 <= self.max_records <= 1_000_000:
-            raise ValueError("max_records must be between 1 and 1,000,000")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ValueError("max_seconds must be positive")
-
-    @classmethod
-    def from_mode(cls, mode: str, records: int = 1000, seconds: float = 1.0) -> BatchTrigger:
-        """``count`` (N records), ``time`` (every X s) or ``hybrid`` (whichever first)."""
-        if mode == "count":
-            return cls(max_records=records, max_seconds=None)
-        if mode == "time":
-            return cls(max_records=None, max_seconds=seconds)
-        if mode == "hybrid":
-            return cls(max_records=records, max_seconds=seconds)
-        raise ValueError(f"unknown batch mode {mode!r}: use count, time or hybrid")
-
-
-@dataclass(slots=True)
-class Chunk:
-    """The records of one partition in a batch: a contiguous offset range."""
-
-    topic: str
-    partition: int
-    first_offset: int
-    last_offset: int
-    messages: list[Message]
-
-    def token(self, group: str, suffix: str = "") -> str:
-        """Deterministic insert-deduplication token for this offset range and its records.
-
-        The fingerprint (timestamps of the first and last record, CRC of the first value)
-        is the same when the range is replayed (Kafka records are immutable), and differs
-        for new records at reused offsets: a broker that lost its log (the embedded,
-        in-memory one after a restart) counts offsets from 0 again, and without it their
-        inserts would be dropped as duplicates of old blocks."""
-        t = f"{group}:{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}"
-        if self.messages:
-            first, last = self.messages[0], self.messages[-1]
-            stamps = b"%d/%d/" % (first.timestamp()[1], last.timestamp()[1])
-            t = f"{t}:{zlib.crc32(stamps + (first.value() or b'')):08x}"
-        return f"{t}:{suffix}" if suffix else t
-
-
-@dataclass(slots=True)
-class Batch:
-    group: str
-    chunks: list[Chunk]
-
-    def __len__(self) -> int:
-        return sum(len(c.messages) for c in self.chunks)
-
-    def messages(self) -> Iterator[Message]:
-        for c in self.chunks:
-            yield from c.messages
-
-
-class BatchHandler(Protocol):
-    """What a pipeline implements.
-
-    ``handle`` validates and writes a batch. Record-level problems (bad JSON, failed
-    validation) must come back as dead letters; raising means "the sink failed" and the whole
-    batch is retried later, so writes must be idempotent per chunk in exactly-once mode
-    (use ``chunk.token(batch.group)`` as the insert deduplication token).
-    """
-
-    def handle(self, batch: Batch) -> list[DeadLetter]: ...
-
-
-class PipelinedBatchHandler(BatchHandler, Protocol):
-    """A handler that can write one batch while the framework prepares the next.
-
-    ``submit`` validates the batch, starts its writes and returns a future of its dead
-    letters. It must call ``before_write(batch)`` (exactly-once: records the intent) and let
-    it succeed before any write of the batch, typically as the first task of its writer
-    thread. The framework commits the batch's offsets only once the future succeeds, in
-    batch order, and keeps at most ``BatchConsumer.max_in_flight`` batches unfinished. A
-    failed future is retried synchronously with ``handle``, so writes must be idempotent
-    per chunk (the same rule as for retries)."""
-
-    def submit(
-        self, batch: Batch, before_write: Callable[[Batch], None]
-    ) -> Future[list[DeadLetter]]: ...
-
-
-class IntentLog(Protocol):
-    """Durable record of the offset ranges about to be written (exactly-once mode)."""
-
-    def record(self, group: str, chunks: list[Chunk]) -> None: ...
-
-    def pending(
-        self, group: str, topic: str, partition: int, from_offset: int
-    ) -> list[tuple[int, int]]: ...
 
 
 @dataclass(slots=True)
@@ -224,7 +110,7 @@ class BatchConsumer:
         self._stop = threading.Event()
         self._buffer: list[Message] = []
         self._held: list[Message] = []
-        self._plans: dict[TP, deque[tuple[int, int]]] = {}
+        self._replay = ReplayPlan()
         self._revoked: set[TP] = set()
         self._assigned: set[TP] = set()
         self.group = self.consumer_conf["group.id"]
@@ -297,8 +183,8 @@ class BatchConsumer:
             for tp in committed:
                 start = tp.offset if tp.offset >= 0 else 0
                 plan = self.intent_log.pending(self.group, tp.topic, tp.partition, start)
+                self._replay.set((tp.topic, tp.partition), plan)
                 if plan:
-                    self._plans[(tp.topic, tp.partition)] = deque(plan)
                     log.info(
                         "replaying recorded chunks",
                         extra=log_fields(
@@ -323,7 +209,7 @@ class BatchConsumer:
         self._assigned -= tps
         self._revoked |= tps
         for tp in tps:
-            self._plans.pop(tp, None)
+            self._replay.forget(tp)
         # Uncommitted records of revoked partitions are re-read by their next owner.
         self._buffer = [m for m in self._buffer if (m.topic(), m.partition()) not in tps]
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in tps]
@@ -405,28 +291,8 @@ class BatchConsumer:
                     by_tp[key] = [m]
                 else:
                     lst.append(m)
-        chunks: list[Chunk] = []
-        for (topic, partition), lst in by_tp.items():
-            plan = self._plans.get((topic, partition))
-            i = 0
-            if plan:
-                while plan and i < len(lst):
-                    first, last = plan[0]
-                    j = i
-                    while j < len(lst) and lst[j].offset() <= last:
-                        j += 1
-                    if j == len(lst) and lst[-1].offset() < last:
-                        break  # this recorded chunk is not complete yet: hold it back
-                    chunks.append(Chunk(topic, partition, first, last, lst[i:j]))
-                    plan.popleft()
-                    i = j
-                if plan:
-                    self._held.extend(lst[i:])
-                    continue
-                self._plans.pop((topic, partition), None)
-            if i < len(lst):
-                rest = lst[i:]
-                chunks.append(Chunk(topic, partition, rest[0].offset(), rest[-1].offset(), rest))
+        chunks, held = self._replay.cut(by_tp)
+        self._held = held
         return chunks
 
     def _flush(self, consumer: Consumer, give_up_on_failure: bool = False) -> None:
@@ -523,18 +389,7 @@ class BatchConsumer:
         BATCHES.labels(self.name).inc()
         if letters:
             DLQ_RECORDS.labels(self.name).inc(len(letters))
-            recent = RECENT_DEAD_LETTERS.setdefault(self.name, deque(maxlen=20))
-            for d in letters[-20:]:
-                m = d.message
-                recent.append(
-                    {
-                        "time": time.time(),
-                        "reason": d.reason[:300],
-                        "topic": m.topic(),
-                        "partition": m.partition(),
-                        "offset": m.offset(),
-                    }
-                )
+            remember_dead_letters(self.name, letters)
         BATCH_SECONDS.labels(self.name).observe(time.monotonic() - started)
         log.debug("batch", extra=log_fields(pipeline=self.name, records=n, dlq=len(letters)))
 

@@ -6,7 +6,9 @@ record came from (topic, partition, offset) so it can be found and replayed.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from confluent_kafka import Message
@@ -57,3 +59,33 @@ def publish_dead_letters(
     remaining = producer.flush(timeout)
     if remaining or errors:
         raise RuntimeError(f"DLQ publish failed: {remaining} unacked, errors={errors[:3]}")
+
+
+#: How many recent dead letters each pipeline keeps in memory for the dashboard.
+RECENT_KEPT = 20
+_recent: dict[str, deque[dict]] = {}
+_recent_lock = threading.Lock()
+
+
+def remember_dead_letters(pipeline: str, letters: list[DeadLetter]) -> None:
+    """Keep where the latest dead letters of ``pipeline`` came from and why (this process)."""
+    now = time.time()
+    with _recent_lock:
+        recent = _recent.setdefault(pipeline, deque(maxlen=RECENT_KEPT))
+        for d in letters[-RECENT_KEPT:]:
+            m = d.message
+            recent.append(
+                {
+                    "time": now,
+                    "reason": d.reason[:300],
+                    "topic": m.topic(),
+                    "partition": m.partition(),
+                    "offset": m.offset(),
+                }
+            )
+
+
+def recent_dead_letters() -> dict[str, list[dict]]:
+    """The remembered dead letters of every pipeline in this process, newest first."""
+    with _recent_lock:
+        return {name: list(letters)[::-1] for name, letters in _recent.items()}

@@ -15,22 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
-import orjson
 from clickhouse_connect.driver.client import Client
 
 from clickflow.config import Settings
-from clickflow.kafka.consumer import Chunk
+from clickflow.exactly_once.chdb_dedup import forget_uncommitted_blocks
 from clickflow.logs import log_fields
-from clickflow.stores.chdb_dedup import forget_uncommitted_blocks
-
-# Settings of every pipeline insert (one batch chunk, with a deduplication token):
-# * the rollup blocks a replayed insert produces are dropped too (each schema.sql explains);
-# * no parallel parsing: a chunk is a few MB at most, and splitting it across a segmenter
-#   and parser threads cost ~1 us per row more CPU than parsing it in the query thread.
-PIPELINE_INSERT_SETTINGS = {
-    "deduplicate_blocks_in_dependent_materialized_views": 1,
-    "input_format_parallel_parsing": 0,
-}
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _lock = threading.Lock()
@@ -73,7 +62,10 @@ def _connect(dsn: str, database: str) -> Client:
 
 def _repair_once(data_dir: Path) -> None:
     """Before this process first opens an embedded data directory: forget the dedup
-    records of blocks a crash left uncommitted (see ``chdb_dedup``)."""
+    records of blocks a crash left uncommitted (see :mod:`clickflow.exactly_once.chdb_dedup`).
+
+    The repair reads and appends chDB's own files, so it belongs to opening the engine: it
+    runs here, in the one ClickHouse entry point, whichever module opens the directory first."""
     if data_dir in _repaired:
         return
     _repaired.add(data_dir)
@@ -106,57 +98,3 @@ def ping(settings: Settings) -> str:
         return "ok"
     except Exception as e:  # health report, not control flow
         return f"error: {type(e).__name__}: {str(e)[:200]}"
-
-
-INTENTS_SQL = """
-CREATE TABLE IF NOT EXISTS consumer_intents
-(
-    group_id String,
-    topic String,
-    partition Int32,
-    first_offset Int64,
-    last_offset Int64,
-    created DateTime DEFAULT now()
-) ENGINE = MergeTree
-ORDER BY (group_id, topic, partition, first_offset)
-TTL created + INTERVAL 7 DAY
-"""
-
-
-class ClickHouseIntentLog:
-    """Exactly-once intent log kept in the same ClickHouse as the data it protects."""
-
-    def __init__(self, settings: Settings, database: str | None = None) -> None:
-        self._settings = settings
-        self._database = database
-        clickhouse_client(settings, database).command(INTENTS_SQL)
-
-    def record(self, group: str, chunks: list[Chunk]) -> None:
-        # A raw JSON insert: half the time of client.insert (no Native block built in Python).
-        rows = b"\n".join(
-            orjson.dumps([group, c.topic, c.partition, c.first_offset, c.last_offset])
-            for c in chunks
-        )
-        clickhouse_client(self._settings, self._database).raw_insert(
-            "consumer_intents",
-            ["group_id", "topic", "partition", "first_offset", "last_offset"],
-            rows,
-            fmt="JSONCompactEachRow",
-        )
-
-    def pending(
-        self, group: str, topic: str, partition: int, from_offset: int
-    ) -> list[tuple[int, int]]:
-        result = clickhouse_client(self._settings, self._database).query(
-            "SELECT DISTINCT first_offset, last_offset FROM consumer_intents "
-            "WHERE group_id = {g:String} AND topic = {t:String} AND partition = {p:Int32} "
-            "AND last_offset >= {o:Int64} ORDER BY first_offset",
-            parameters={"g": group, "t": topic, "p": partition, "o": from_offset},
-        )
-        ranges = [(int(a), int(b)) for a, b in result.result_rows]
-        # Keep a non-overlapping chain: after a replay the same range may be recorded twice.
-        chain: list[tuple[int, int]] = []
-        for first, last in ranges:
-            if not chain or first > chain[-1][1]:
-                chain.append((first, last))
-        return chain

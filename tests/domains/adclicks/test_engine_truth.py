@@ -20,7 +20,7 @@ from clickflow.domains.adclicks.pipeline import pipeline_spec
 from clickflow.domains.adclicks.traffic import AdClickFactory
 from clickflow.generator.engine import Engine, GeneratorOptions, Mix, read_truth
 from clickflow.generator.modes import RateModel
-from clickflow.kafka.consumer import BatchTrigger
+from clickflow.kafka.batch import BatchTrigger
 from clickflow.migrations import migrate_clickhouse
 from clickflow.pipelines import PipelineOptions, build_consumer
 

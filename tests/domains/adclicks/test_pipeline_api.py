@@ -19,8 +19,8 @@ from clickflow.domains.adclicks import api
 from clickflow.domains.adclicks.config import AdClicksConfig
 from clickflow.domains.adclicks.pipeline import pipeline_spec
 from clickflow.domains.adclicks.reconcile import reconcile
+from clickflow.kafka.batch import BatchTrigger, Delivery
 from clickflow.kafka.config import consumer_config
-from clickflow.kafka.consumer import BatchTrigger, Delivery
 from clickflow.kafka.topics import dlq_topic
 from clickflow.migrations import migrate_clickhouse
 from clickflow.pipelines import PipelineOptions, build_consumer

@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 
 from clickflow.config import Settings
-from clickflow.stores.redis import DayBucketClaims, redis_client
+from clickflow.exactly_once.claims import DayBucketClaims
+from clickflow.stores.redis import redis_client
 
 
 def test_day_bucket_claims_drop_real_duplicates_and_keep_replays(redis_url: str) -> None:

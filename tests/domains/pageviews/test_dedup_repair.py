@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from clickflow.stores.chdb_dedup import PART_NAME, forget_uncommitted_blocks
+from clickflow.exactly_once.chdb_dedup import PART_NAME, forget_uncommitted_blocks
 
 ROWS = 120
 START = int(time.time()) // 3600 * 3600  # this hour: inside every table's TTL
@@ -32,7 +32,8 @@ import orjson
 from clickflow.config import get_settings
 from clickflow.domains.pageviews.pipeline import RAW_COLUMNS
 from clickflow.migrations import migrate_clickhouse
-from clickflow.stores.clickhouse import PIPELINE_INSERT_SETTINGS, clickhouse_client
+from clickflow.exactly_once.insert import PIPELINE_INSERT_SETTINGS
+from clickflow.stores.clickhouse import clickhouse_client
 
 n, start = int(sys.argv[1]), int(sys.argv[2])
 settings = get_settings()

@@ -9,14 +9,16 @@ from pathlib import Path
 from clickflow.config import Settings
 from clickflow.domains.pageviews.pipeline import PageViewHandler
 from clickflow.domains.pageviews.traffic import PageViewFactory
+from clickflow.exactly_once.intent_log import ClickHouseIntentLog
 from clickflow.generator.engine import Engine, GeneratorOptions, Mix
 from clickflow.generator.modes import RateModel
+from clickflow.kafka.batch import BatchTrigger, Delivery
 from clickflow.kafka.config import consumer_config, producer_config
-from clickflow.kafka.consumer import BatchConsumer, BatchTrigger, Delivery
+from clickflow.kafka.consumer import BatchConsumer
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from clickflow.migrations import migrate_clickhouse
-from clickflow.stores.clickhouse import ClickHouseIntentLog, clickhouse_client
+from clickflow.stores.clickhouse import clickhouse_client
 
 from .truth import ROLLUP_SQL, as_comparable, expected_rollups, rows_to_comparable
 

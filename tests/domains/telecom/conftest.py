@@ -17,7 +17,7 @@ from confluent_kafka import Message
 
 from clickflow.config import Settings
 from clickflow.domains.telecom.traffic import TelecomFactory
-from clickflow.kafka.consumer import Batch, Chunk
+from clickflow.kafka.batch import Batch, Chunk
 from clickflow.migrations import migrate_postgres
 
 

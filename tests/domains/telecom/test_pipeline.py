@@ -20,8 +20,9 @@ from confluent_kafka import Consumer
 from clickflow.config import Settings
 from clickflow.domains.telecom.pipeline import PIPELINES
 from clickflow.domains.telecom.traffic import TelecomFactory
+from clickflow.kafka.batch import BatchTrigger, Delivery
 from clickflow.kafka.config import consumer_config, producer_config
-from clickflow.kafka.consumer import BatchConsumer, BatchTrigger, Delivery
+from clickflow.kafka.consumer import BatchConsumer
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from clickflow.pipelines import PipelineOptions, build_consumer

@@ -13,12 +13,14 @@ from confluent_kafka import Consumer, TopicPartition
 from clickflow.config import Settings
 from clickflow.domains.ugc.config import UgcConfig
 from clickflow.domains.ugc.pipeline import UgcHandler
+from clickflow.exactly_once.intent_log import ClickHouseIntentLog
+from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
 from clickflow.kafka.config import consumer_config, producer_config
-from clickflow.kafka.consumer import Batch, BatchConsumer, BatchTrigger, Delivery
+from clickflow.kafka.consumer import BatchConsumer
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
-from clickflow.stores.clickhouse import ClickHouseIntentLog, clickhouse_client
+from clickflow.stores.clickhouse import clickhouse_client
 
 # Epoch ms: a whole hour a day ago. Relative to now, not a fixed date: the UGC tables keep
 # a year (TTL), and a fixed date's rows started expiring on insert a year later.

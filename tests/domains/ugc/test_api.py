@@ -15,7 +15,7 @@ from clickflow.config import Settings
 from clickflow.domains.ugc.api import router
 from clickflow.domains.ugc.pipeline import UgcHandler
 from clickflow.domains.ugc.traffic import UgcEventFactory
-from clickflow.kafka.consumer import BatchTrigger
+from clickflow.kafka.batch import BatchTrigger
 from clickflow.migrations import migrate_clickhouse
 
 from .helpers import BASE_TS, Tracking, produce, run_pipeline, ugc_config

@@ -14,7 +14,7 @@ from clickflow.domains.ugc import metrics
 from clickflow.domains.ugc.pairing import Half
 from clickflow.domains.ugc.pipeline import UgcHandler
 from clickflow.domains.ugc.traffic import UgcEventFactory
-from clickflow.kafka.consumer import BatchTrigger
+from clickflow.kafka.batch import BatchTrigger
 from clickflow.migrations import migrate_clickhouse
 from clickflow.stores.clickhouse import clickhouse_client
 

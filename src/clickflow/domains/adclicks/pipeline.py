@@ -33,16 +33,14 @@ from clickflow.domains.adclicks.events import (
     encode_rows,
 )
 from clickflow.domains.adclicks.watermark import MINUTE_MS, load_partition_maxima, save_watermarks
-from clickflow.kafka.consumer import Batch, BatchTrigger, Chunk
+from clickflow.exactly_once.insert import insert_chunk
+from clickflow.exactly_once.intent_log import ClickHouseIntentLog
+from clickflow.kafka.batch import Batch, BatchTrigger, Chunk
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.logs import log_fields
 from clickflow.pipelines import PipelineOptions, PipelineSpec
-from clickflow.stores.clickhouse import (
-    PIPELINE_INSERT_SETTINGS,
-    ClickHouseIntentLog,
-    clickhouse_client,
-)
+from clickflow.stores.clickhouse import clickhouse_client
 
 log = logging.getLogger("clickflow.adclicks")
 
@@ -107,13 +105,7 @@ class AdClicksHandler:
             tp = (chunk.topic, chunk.partition)
             rows, fresh, chunk_letters, max_ms, stats = self._rows(chunk, token_hash(token))
             if rows:
-                client.raw_insert(
-                    "ad_clicks_raw",
-                    column_names=RAW_COLUMNS,
-                    insert_block=encode_rows(rows),
-                    fmt="JSONCompactEachRow",
-                    settings={"insert_deduplication_token": token, **PIPELINE_INSERT_SETTINGS},
-                )
+                insert_chunk(client, "ad_clicks_raw", encode_rows(rows), token, columns=RAW_COLUMNS)
             # Written: now the chunk's effects on the in-memory state are real.
             self.seen.add(fresh)
             if max_ms is not None:

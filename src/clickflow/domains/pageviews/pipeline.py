@@ -32,16 +32,14 @@ from clickflow.domains.pageviews.events import (
     decode_page_view,
     event_identity,
 )
-from clickflow.kafka.consumer import Batch, BatchTrigger, Delivery
+from clickflow.exactly_once.claims import DayBucketClaims
+from clickflow.exactly_once.insert import insert_chunk
+from clickflow.exactly_once.intent_log import ClickHouseIntentLog
+from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.pipelines import PipelineOptions, PipelineSpec
-from clickflow.stores.clickhouse import (
-    PIPELINE_INSERT_SETTINGS,
-    ClickHouseIntentLog,
-    clickhouse_client,
-)
-from clickflow.stores.redis import DayBucketClaims
+from clickflow.stores.clickhouse import clickhouse_client
 
 log = logging.getLogger("clickflow.pageviews")
 
@@ -71,7 +69,7 @@ class PageViewHandler:
     The consumer's thread decodes a chunk in pieces of ``PIECE`` records; a Redis thread
     claims the identities of each piece while the next one is decoded, and a ClickHouse
     thread inserts each chunk (one insert, one deduplication token) while the next chunk,
-    or the next batch (a :class:`~clickflow.kafka.consumer.PipelinedBatchHandler`), is
+    or the next batch (a :class:`~clickflow.kafka.batch.PipelinedBatchHandler`), is
     decoded; a third thread records the batch's intent (exactly-once), which every insert
     of the batch waits for. chDB and redis-py release the GIL while they work. Each chunk's
     claims and insert are exactly what a sequential run would do, so a failure anywhere fails
@@ -196,21 +194,17 @@ class PageViewHandler:
         good = [row for piece in claimed for row in piece.result()]
         client = clickhouse_client(self.settings)
         if good:
-            client.raw_insert(
-                "page_views_raw",
-                RAW_COLUMNS,
-                b"\n".join(good),
-                fmt="JSONCompactEachRow",
-                settings={"insert_deduplication_token": token, **PIPELINE_INSERT_SETTINGS},
-            )
+            insert_chunk(client, "page_views_raw", b"\n".join(good), token, columns=RAW_COLUMNS)
             STORED.inc(len(good))
         if errors:
-            client.raw_insert(
+            insert_chunk(
+                client,
                 "processing_errors",
-                ERROR_COLUMNS,
                 b"\n".join(errors),
+                f"{token}:errors",
+                columns=ERROR_COLUMNS,
                 fmt="JSONEachRow",
-                settings={"insert_deduplication_token": f"{token}:errors"},
+                rollups=False,
             )
 
 

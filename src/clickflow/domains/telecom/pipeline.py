@@ -24,7 +24,7 @@ from clickflow.domains.telecom.cache import AggCache, publish_quietly
 from clickflow.domains.telecom.events import DecodeErrors, TelecomEvent, decode
 from clickflow.domains.telecom.options import telecom_options
 from clickflow.domains.telecom.store import AggregateWriter, RawWriter, WriteResult
-from clickflow.kafka.consumer import Batch, BatchTrigger, Delivery
+from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.pipelines import PipelineOptions, PipelineSpec

@@ -19,7 +19,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clickflow.domains.ugc.events import UGC_TOPIC
-from clickflow.kafka.consumer import BatchTrigger
+from clickflow.kafka.batch import BatchTrigger
 
 
 class UgcConfig(BaseSettings):

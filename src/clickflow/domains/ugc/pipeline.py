@@ -27,17 +27,16 @@ from clickflow.domains.ugc import metrics
 from clickflow.domains.ugc.config import UgcConfig
 from clickflow.domains.ugc.events import EVENT_KINDS, UgcRecord, decode_data
 from clickflow.domains.ugc.pairing import END, START, Half, PageViewPairing
-from clickflow.kafka.consumer import Batch, Chunk, Delivery
+from clickflow.exactly_once.claims import IdentityClaims
+from clickflow.exactly_once.insert import insert_chunk
+from clickflow.exactly_once.intent_log import ClickHouseIntentLog
+from clickflow.kafka.batch import Batch, Chunk, Delivery
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.logs import log_fields
 from clickflow.pipelines import PipelineOptions, PipelineSpec
-from clickflow.stores.clickhouse import (
-    PIPELINE_INSERT_SETTINGS,
-    ClickHouseIntentLog,
-    clickhouse_client,
-)
-from clickflow.stores.redis import IdentityClaims, redis_client
+from clickflow.stores.clickhouse import clickhouse_client
+from clickflow.stores.redis import redis_client
 
 log = logging.getLogger("clickflow.ugc")
 
@@ -263,11 +262,8 @@ class UgcHandler:
         return letters
 
     def _insert(self, table: str, rows: list[dict], token: str) -> None:
-        clickhouse_client(self.settings).raw_insert(
-            table,
-            insert_block=_json_lines(rows),
-            fmt="JSONEachRow",
-            settings={"insert_deduplication_token": token, **PIPELINE_INSERT_SETTINGS},
+        insert_chunk(
+            clickhouse_client(self.settings), table, _json_lines(rows), token, fmt="JSONEachRow"
         )
 
     # -- orphans ------------------------------------------------------------------------------

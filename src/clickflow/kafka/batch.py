@@ -1,0 +1,128 @@
+"""The contract between the consumer framework and the pipelines that run on it.
+
+A pipeline imports from here: what a batch and its per-partition chunks are, when a batch is
+handed over (:class:`BatchTrigger`), the delivery guarantee, and the handler protocols it
+implements. The loop that drives them is :mod:`clickflow.kafka.consumer`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from confluent_kafka import Message
+
+from clickflow.kafka.dlq import DeadLetter
+
+
+class Delivery(StrEnum):
+    AT_LEAST_ONCE = "at-least-once"
+    EXACTLY_ONCE = "exactly-once"
+
+
+@dataclass(frozen=True)
+class BatchTrigger:
+    """When to hand a batch over: ``max_records`` and/or ``max_seconds`` (first one wins)."""
+
+    max_records: int | None = 1000
+    max_seconds: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_records is None and self.max_seconds is None:
+            raise ValueError("a batch trigger needs max_records, max_seconds or both")
+        if self.max_records is not None and not 1 <= self.max_records <= 1_000_000:
+            raise ValueError("max_records must be between 1 and 1,000,000")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError("max_seconds must be positive")
+
+    @classmethod
+    def from_mode(cls, mode: str, records: int = 1000, seconds: float = 1.0) -> BatchTrigger:
+        """``count`` (N records), ``time`` (every X s) or ``hybrid`` (whichever first)."""
+        if mode == "count":
+            return cls(max_records=records, max_seconds=None)
+        if mode == "time":
+            return cls(max_records=None, max_seconds=seconds)
+        if mode == "hybrid":
+            return cls(max_records=records, max_seconds=seconds)
+        raise ValueError(f"unknown batch mode {mode!r}: use count, time or hybrid")
+
+
+@dataclass(slots=True)
+class Chunk:
+    """The records of one partition in a batch: a contiguous offset range."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    messages: list[Message]
+
+    def token(self, group: str, suffix: str = "") -> str:
+        """Deterministic insert-deduplication token for this offset range and its records.
+
+        The fingerprint (timestamps of the first and last record, CRC of the first value)
+        is the same when the range is replayed (Kafka records are immutable), and differs
+        for new records at reused offsets: a broker that lost its log (the embedded,
+        in-memory one after a restart) counts offsets from 0 again, and without it their
+        inserts would be dropped as duplicates of old blocks."""
+        t = f"{group}:{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}"
+        if self.messages:
+            first, last = self.messages[0], self.messages[-1]
+            stamps = b"%d/%d/" % (first.timestamp()[1], last.timestamp()[1])
+            t = f"{t}:{zlib.crc32(stamps + (first.value() or b'')):08x}"
+        return f"{t}:{suffix}" if suffix else t
+
+
+@dataclass(slots=True)
+class Batch:
+    group: str
+    chunks: list[Chunk]
+
+    def __len__(self) -> int:
+        return sum(len(c.messages) for c in self.chunks)
+
+    def messages(self) -> Iterator[Message]:
+        for c in self.chunks:
+            yield from c.messages
+
+
+class BatchHandler(Protocol):
+    """What a pipeline implements.
+
+    ``handle`` validates and writes a batch. Record-level problems (bad JSON, failed
+    validation) must come back as dead letters; raising means "the sink failed" and the whole
+    batch is retried later, so writes must be idempotent per chunk in exactly-once mode
+    (use ``chunk.token(batch.group)`` as the insert deduplication token).
+    """
+
+    def handle(self, batch: Batch) -> list[DeadLetter]: ...
+
+
+class PipelinedBatchHandler(BatchHandler, Protocol):
+    """A handler that can write one batch while the framework prepares the next.
+
+    ``submit`` validates the batch, starts its writes and returns a future of its dead
+    letters. It must call ``before_write(batch)`` (exactly-once: records the intent) and let
+    it succeed before any write of the batch, typically as the first task of its writer
+    thread. The framework commits the batch's offsets only once the future succeeds, in
+    batch order, and keeps at most ``BatchConsumer.max_in_flight`` batches unfinished. A
+    failed future is retried synchronously with ``handle``, so writes must be idempotent
+    per chunk (the same rule as for retries)."""
+
+    def submit(
+        self, batch: Batch, before_write: Callable[[Batch], None]
+    ) -> Future[list[DeadLetter]]: ...
+
+
+class IntentLog(Protocol):
+    """Durable record of the offset ranges about to be written (exactly-once mode)."""
+
+    def record(self, group: str, chunks: list[Chunk]) -> None: ...
+
+    def pending(
+        self, group: str, topic: str, partition: int, from_offset: int
+    ) -> list[tuple[int, int]]: ...
