@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # Stores: None = embedded (started by `clickflow up` or the test fixtures)
     clickhouse_dsn: str | None = None
     clickhouse_database: str = "clickflow"
+    # A ClickHouse cluster name (remote_servers): tables become Replicated* ON CLUSTER with
+    # Distributed tables in front (clickflow.stores.clickhouse_cluster). None = one server.
+    clickhouse_cluster: str | None = None
     postgres_url: str | None = None
     redis_url: str | None = None
 

@@ -15,17 +15,26 @@ def migrate_clickhouse(
     settings: Settings, domains: list[str] | None = None, database: str | None = None
 ) -> int:
     from clickflow.exactly_once.intent_log import INTENTS_SQL
-    from clickflow.stores import clickhouse
+    from clickflow.stores.clickhouse import clickhouse_client
+    from clickflow.stores.clickhouse_cluster import render_schema
 
-    client = clickhouse.clickhouse_client(settings, database)
-    client.command(INTENTS_SQL)
+    client = clickhouse_client(settings, database)
+    db = database or settings.clickhouse_database
+    cluster = settings.clickhouse_cluster
+    for statement in render_schema(INTENTS_SQL, cluster, db):
+        client.command(statement)
     total = 0
     for domain in domains or DOMAINS:
         sql = domain_sql(domain, "schema.sql")
         if sql:
-            n = clickhouse.apply_schema(client, sql)
-            total += n
-            log.info("clickhouse schema applied", extra=log_fields(domain=domain, statements=n))
+            statements = render_schema(sql, cluster, db)
+            for statement in statements:
+                client.command(statement)
+            total += len(statements)
+            log.info(
+                "clickhouse schema applied",
+                extra=log_fields(domain=domain, statements=len(statements), cluster=cluster),
+            )
     return total
 
 

@@ -37,19 +37,23 @@ def clickhouse_client(settings: Settings, database: str | None = None) -> Client
     db = database or settings.clickhouse_database
     if not _IDENTIFIER.fullmatch(db):
         raise ValueError(f"invalid ClickHouse database name {db!r}")
+    cluster = settings.clickhouse_cluster
+    if cluster is not None and not _IDENTIFIER.fullmatch(cluster):
+        raise ValueError(f"invalid ClickHouse cluster name {cluster!r}")
     key = (settings.clickhouse_url, db, threading.get_ident())
     with _lock:
         client = _clients.get(key)
         if client is None:
-            _connect(settings.clickhouse_url, "default").command(
-                f"CREATE DATABASE IF NOT EXISTS `{db}`"  # noqa: S608 - validated identifier
+            on_cluster = f" ON CLUSTER `{cluster}`" if cluster else ""
+            _connect(settings.clickhouse_url, "default", cluster).command(
+                f"CREATE DATABASE IF NOT EXISTS `{db}`{on_cluster}"  # noqa: S608 - validated identifiers
             )
-            client = _connect(settings.clickhouse_url, db)
+            client = _connect(settings.clickhouse_url, db, cluster)
             _clients[key] = client
         return client
 
 
-def _connect(dsn: str, database: str) -> Client:
+def _connect(dsn: str, database: str, cluster: str | None = None) -> Client:
     if dsn.startswith("chdb://"):
         _repair_once(Path(dsn.removeprefix("chdb://")))
     kwargs: dict[str, Any] = {"dsn": dsn, "database": database}
@@ -57,6 +61,14 @@ def _connect(dsn: str, database: str) -> Client:
         kwargs["autogenerate_session_id"] = False
         kwargs["connect_timeout"] = 5
         kwargs["send_receive_timeout"] = 60
+        if cluster:
+            # An insert into a Distributed table returns only once every shard stored its
+            # part (with the chunk's deduplication token): the acknowledgement the
+            # exactly-once commit waits for. DDL waits for every server of the cluster.
+            kwargs["settings"] = {
+                "distributed_foreground_insert": 1,
+                "distributed_ddl_task_timeout": 300,
+            }
     return clickhouse_connect.get_client(**kwargs)
 
 
@@ -83,13 +95,6 @@ def split_statements(sql: str) -> list[str]:
     lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
     parts = "\n".join(lines).split(";\n")
     return [p.strip().rstrip(";").strip() for p in parts if p.strip().rstrip(";").strip()]
-
-
-def apply_schema(client: Client, sql: str) -> int:
-    statements = split_statements(sql)
-    for statement in statements:
-        client.command(statement)
-    return len(statements)
 
 
 def ping(settings: Settings) -> str:
