@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     kafka_embedded_port: int = 9092  # where `clickflow up` starts tansu when it is not set
     kafka_session_timeout_ms: int = 6000  # low: group joins take ~session.timeout/2 on tansu
     kafka_topic_partitions: int = 4
+    # Topics clickflow creates: 1 on the embedded broker; 3 and 2 on a cluster (deploy/cluster)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int = Field(default=1, ge=1)
 
     # Stores: None = embedded (started by `clickflow up` or the test fixtures)
     clickhouse_dsn: str | None = None

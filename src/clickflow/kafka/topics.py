@@ -27,15 +27,37 @@ def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 15.0) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
+def ensure_topics(
+    bootstrap: str,
+    specs: list[TopicSpec],
+    timeout: float = 15.0,
+    replication_factor: int | None = None,
+    min_insync_replicas: int | None = None,
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are.
+
+    Replication defaults to the process settings (``CLICKFLOW_KAFKA_REPLICATION_FACTOR``,
+    ``CLICKFLOW_KAFKA_MIN_INSYNC_REPLICAS``): 1 for the embedded broker, 3 and 2 on a cluster,
+    so that an acknowledged record (``acks=all``) survives the loss of a broker."""
+    if replication_factor is None or min_insync_replicas is None:
+        from clickflow.config import get_settings
+
+        settings = get_settings()
+        replication_factor = replication_factor or settings.kafka_replication_factor
+        min_insync_replicas = min_insync_replicas or settings.kafka_min_insync_replicas
+    extra = {"min.insync.replicas": str(min_insync_replicas)} if replication_factor > 1 else {}
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as e:
         raise KafkaUnavailable(f"Kafka at {bootstrap} is unreachable: {e}") from e
     new = [
-        NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config)
+        NewTopic(
+            s.name,
+            num_partitions=s.partitions,
+            replication_factor=replication_factor,
+            config={**s.config, **extra},
+        )
         for s in specs
         if s.name not in existing
     ]
