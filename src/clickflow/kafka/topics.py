@@ -40,9 +40,10 @@ def ensure_topics(
     ``CLICKFLOW_KAFKA_MIN_INSYNC_REPLICAS``): 1 for the embedded broker, 3 and 2 on a cluster,
     so that an acknowledged record (``acks=all``) survives the loss of a broker."""
     if replication_factor is None or min_insync_replicas is None:
-        from clickflow.config import get_settings
+        # Read now, not the process-wide cached settings: the first caller would pin them.
+        from clickflow.config import Settings
 
-        settings = get_settings()
+        settings = Settings()
         replication_factor = replication_factor or settings.kafka_replication_factor
         min_insync_replicas = min_insync_replicas or settings.kafka_min_insync_replicas
     extra = {"min.insync.replicas": str(min_insync_replicas)} if replication_factor > 1 else {}
