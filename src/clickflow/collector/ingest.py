@@ -18,6 +18,7 @@ import msgspec
 from starlette.types import Receive
 
 from clickflow.collector import envelope
+from clickflow.collector.config import CollectorConfig
 from clickflow.collector.envelope import Event, Rejected
 from clickflow.collector.exceptions import (
     CollectorError,
@@ -27,7 +28,6 @@ from clickflow.collector.exceptions import (
 )
 from clickflow.collector.ids import EventIds
 from clickflow.collector.metrics import EVENTS, PUBLISH_ERRORS
-from clickflow.collector.options import CollectorOptions
 from clickflow.collector.publisher import KafkaPublisher
 from clickflow.collector.tokens import TokenVerifier
 from clickflow.domains.ugc.events import EVENT_KINDS, UGC_TOPIC, UgcRecord
@@ -113,7 +113,7 @@ def _kind_label(kind: str | None) -> str:
 class Ingestor:
     def __init__(
         self,
-        options: CollectorOptions,
+        options: CollectorConfig,
         verifier: TokenVerifier,
         publisher: KafkaPublisher,
         topic: str = UGC_TOPIC,

@@ -1,4 +1,4 @@
-"""Collector options: one typed object, environment variables prefixed ``CLICKFLOW_COLLECTOR_``.
+"""Collector settings: one typed object, environment variables prefixed ``CLICKFLOW_COLLECTOR_``.
 
 The shared ``Settings`` carries what several services need (Kafka, Redis, auth URL, JWT
 secret, ports); what only the collector tunes lives here.
@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class CollectorOptions(BaseSettings):
+class CollectorConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLICKFLOW_COLLECTOR_", extra="ignore")
 
     # Request limits (413 beyond them). The body limit applies before and after gunzip.

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class TelecomOptions(BaseSettings):
+class TelecomConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLICKFLOW_TELECOM_", extra="ignore")
 
     topic: str = "events.telecom"
@@ -25,5 +25,5 @@ class TelecomOptions(BaseSettings):
 
 
 @lru_cache(maxsize=1)
-def telecom_options() -> TelecomOptions:
-    return TelecomOptions()
+def telecom_config() -> TelecomConfig:
+    return TelecomConfig()
