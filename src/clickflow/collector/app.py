@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from clickflow.collector.config import CollectorConfig
 from clickflow.collector.exceptions import CollectorError
 from clickflow.collector.ingest import ClientGone, Ingestor, Outcome, error_outcome
+from clickflow.collector.kinds import collected
 from clickflow.collector.metrics import LATENCY, RATE_LIMITED, REQUESTS
 from clickflow.collector.openapi import EVENTS_OPENAPI, install_openapi
 from clickflow.collector.publisher import KafkaPublisher
@@ -55,12 +56,10 @@ class Services:
 
 
 def topic_spec(options: CollectorConfig) -> TopicSpec:
-    """The topic the UGC pipeline reads, with its partition count (one place configures
-    both: ``CLICKFLOW_UGC_TOPIC`` / ``CLICKFLOW_UGC_PARTITIONS``)."""
-    from clickflow.domains.ugc.config import UgcConfig
-
-    ugc = UgcConfig()
-    return TopicSpec(options.topic or ugc.topic, ugc.partitions)
+    """The topic of the domain the collector takes events for (``domains/<d>/collect.py``),
+    with its partition count; ``options.topic`` renames it."""
+    spec = collected().topic()
+    return TopicSpec(options.topic or spec.name, spec.partitions)
 
 
 async def _ensure_topics(

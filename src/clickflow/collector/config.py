@@ -24,9 +24,10 @@ class CollectorConfig(BaseSettings):
     # Take the client IP from the first X-Forwarded-For entry (only behind a trusted proxy).
     trust_forwarded_for: bool = False
 
-    # Kafka: the topic (None: the UGC pipeline's, CLICKFLOW_UGC_TOPIC, created with its
-    # partition count), and how long a record may wait for the broker's acknowledgement
-    # before the request gets 503. Short on purpose: a client retry beats a hanging request.
+    # Kafka: the topic (None: the collected domain's, from its collect.py; for UGC that is
+    # CLICKFLOW_UGC_TOPIC, created with its partition count), and how long a record may wait
+    # for the broker's acknowledgement before the request gets 503. Short on purpose: a client
+    # retry beats a hanging request.
     topic: str | None = None
     publish_timeout_ms: int = Field(default=2000, ge=100)
     linger_ms: int = Field(default=1, ge=0)  # measured: 1 ms gives the lowest p50 on tansu
