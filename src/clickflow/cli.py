@@ -201,13 +201,12 @@ def sql(query: Annotated[str, typer.Argument(help="a read-only ClickHouse query"
 
 
 def _mount_optional() -> None:
-    """Commands that live with their feature: generator, auth, bench, and per-domain apps."""
+    """Commands that live with their feature: generator, auth, and per-domain apps."""
     from importlib import import_module
 
     for module, attr in (
         ("clickflow.generator.cli", "register"),
         ("clickflow.collector.auth", "register"),
-        ("clickflow.bench_cli", "register"),
     ):
         try:
             mod = import_module(module)
