@@ -29,7 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
-	$(BIN)/clickflow bench pipeline
+	$(BIN)/python bench/run_all.py
 
 chaos: $(STAMP)
 	$(BIN)/pytest -q -m chaos

@@ -19,8 +19,9 @@ from _common import embedded_broker, load_average, machine, today  # noqa: E402
 
 from clickflow.config import Settings  # noqa: E402
 from clickflow.domains.pageviews.traffic import PageViewFactory  # noqa: E402
-from clickflow.generator.engine import Engine, GeneratorOptions, Mix  # noqa: E402
+from clickflow.generator.engine import Engine  # noqa: E402
 from clickflow.generator.modes import RateModel  # noqa: E402
+from clickflow.generator.options import GeneratorOptions, Mix  # noqa: E402
 from clickflow.generator.workers import WorkerPool  # noqa: E402
 
 

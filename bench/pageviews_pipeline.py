@@ -29,8 +29,9 @@ from clickflow.config import Settings  # noqa: E402
 from clickflow.domains.pageviews.pipeline import PageViewHandler  # noqa: E402
 from clickflow.domains.pageviews.traffic import PageViewFactory  # noqa: E402
 from clickflow.exactly_once.intent_log import ClickHouseIntentLog  # noqa: E402
-from clickflow.generator.engine import Engine, GeneratorOptions, Mix  # noqa: E402
+from clickflow.generator.engine import Engine  # noqa: E402
 from clickflow.generator.modes import RateModel  # noqa: E402
+from clickflow.generator.options import GeneratorOptions, Mix  # noqa: E402
 from clickflow.kafka.batch import Batch, BatchTrigger, Delivery  # noqa: E402
 from clickflow.kafka.config import consumer_config, producer_config  # noqa: E402
 from clickflow.kafka.consumer import BatchConsumer  # noqa: E402

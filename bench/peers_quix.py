@@ -252,9 +252,8 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(HERE))
-    from _common import embedded_broker
+    from _common import embedded_broker, load, machine_with_load, today
 
-    from clickflow.benchmarks import load, machine, today
     from clickflow.config import Settings
     from clickflow.domains.pageviews.events import PAGEVIEWS_TOPIC
     from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
@@ -311,7 +310,7 @@ def main() -> None:
     problems = [p for p in (diff(name, rows, truth) for name, rows in answers) if p]
     same = "same per-page-per-minute counts and unique users" if not problems else "DIFFERENT"
     print(f"answers: {same}" + "".join(f"; {p}" for p in problems))
-    m = machine().rsplit("load ", 1)[0]
+    m = machine_with_load().rsplit("load ", 1)[0]
     check = "every answer equals the truth" if not problems else "; ".join(problems)
     lines = [
         "| figure | goal | value | machine | date |",

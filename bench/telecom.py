@@ -162,9 +162,9 @@ def api_latency(settings: Settings, n: int) -> dict:
     from clickflow.domains.telecom.proto import telecom_pb2_grpc as pb_grpc
 
     os.environ["CLICKFLOW_TELECOM_RATE_LIMIT_PER_S"] = "0"
-    from clickflow.domains.telecom.options import telecom_options
+    from clickflow.domains.telecom.config import telecom_config
 
-    telecom_options.cache_clear()
+    telecom_config.cache_clear()
     app = FastAPI()
     app.state.settings = settings
     app.include_router(router)

@@ -41,6 +41,7 @@ def serve(
     import uvicorn
 
     from clickflow.api.app import create_app
+    from clickflow.grpc_services import start_domain_services
     from clickflow.migrations import migrate_clickhouse
     from clickflow.pipelines import all_pipelines, build_consumer, start_in_threads
     from clickflow.runtime.exceptions import RuntimeStartError
@@ -62,10 +63,7 @@ def serve(
         specs = [s for s in all_pipelines().values() if s.store == "clickhouse"]
         consumers = [build_consumer(settings, s) for s in specs]
         start_in_threads(consumers)
-    grpc_server = None
-    grpc_mod = domain_module("telecom", "grpc_server")
-    if grpc_mod is not None and settings.postgres_url:
-        grpc_server = grpc_mod.start_server(settings)
+    grpc_server = start_domain_services(settings)
     try:
         uvicorn.run(
             create_app(settings), host=settings.host, port=settings.api_port, log_level="warning"
@@ -203,13 +201,12 @@ def sql(query: Annotated[str, typer.Argument(help="a read-only ClickHouse query"
 
 
 def _mount_optional() -> None:
-    """Commands that live with their feature: generator, auth, bench, and per-domain apps."""
+    """Commands that live with their feature: generator, auth, and per-domain apps."""
     from importlib import import_module
 
     for module, attr in (
         ("clickflow.generator.cli", "register"),
         ("clickflow.collector.auth", "register"),
-        ("clickflow.bench_cli", "register"),
     ):
         try:
             mod = import_module(module)

@@ -16,7 +16,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from clickflow.collector.app import create_app
-from clickflow.collector.options import CollectorOptions
+from clickflow.collector.config import CollectorConfig
 from clickflow.config import Settings
 from clickflow.runtime.broker import start_broker
 from clickflow.runtime.ports import free_port
@@ -35,7 +35,7 @@ def test_collector_answers_503_while_the_broker_is_down_and_recovers(
         update={"kafka_bootstrap": f"127.0.0.1:{port}", "redis_url": None}
     )
     topic = f"broker-loss-{uuid.uuid4().hex[:8]}"
-    opts = CollectorOptions(topic=topic, rate_per_second=0, publish_timeout_ms=1000)
+    opts = CollectorConfig(topic=topic, rate_per_second=0, publish_timeout_ms=1000)
     try:
         with TestClient(create_app(settings, opts)) as client:
             before = client.post("/v1/events", json=CLICK)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from clickflow.config import Settings
 from clickflow.domains.pageviews.traffic import PageViewFactory
-from clickflow.generator.engine import Engine, GeneratorOptions, Mix, read_truth
+from clickflow.generator.engine import Engine
 from clickflow.generator.modes import RateModel
+from clickflow.generator.options import GeneratorOptions, Mix
+from clickflow.generator.truth import read_truth
 from clickflow.migrations import migrate_clickhouse
 from clickflow.runtime.broker import start_broker
 from clickflow.runtime.ports import free_port

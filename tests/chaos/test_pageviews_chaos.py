@@ -14,8 +14,10 @@ import pytest
 
 from clickflow.config import Settings
 from clickflow.domains.pageviews.traffic import PageViewFactory
-from clickflow.generator.engine import Engine, GeneratorOptions, Mix, read_truth
+from clickflow.generator.engine import Engine
 from clickflow.generator.modes import RateModel
+from clickflow.generator.options import GeneratorOptions, Mix
+from clickflow.generator.truth import read_truth
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from tests.domains.pageviews.truth import (
     ROLLUP_SQL,

@@ -15,8 +15,10 @@ import pytest
 
 from clickflow.config import Settings
 from clickflow.domains.telecom.traffic import TelecomFactory
-from clickflow.generator.engine import Engine, GeneratorOptions, Mix, read_truth
+from clickflow.generator.engine import Engine
 from clickflow.generator.modes import RateModel
+from clickflow.generator.options import GeneratorOptions, Mix
+from clickflow.generator.truth import read_truth
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from tests.domains.telecom.conftest import Truth, expected_aggregates, raw_keys, read_aggregates
 

@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from clickflow.collector.app import create_app
 from clickflow.collector.auth import create_auth_app
-from clickflow.collector.options import CollectorOptions
+from clickflow.collector.config import CollectorConfig
 from clickflow.config import Settings
 from clickflow.domains.ugc.events import UgcRecord
 from clickflow.kafka.config import consumer_config
@@ -70,7 +70,7 @@ def start_collector(collector_settings: Settings, topic: str) -> Iterator[StartC
 
     def start(options: dict | None = None, **settings_overrides: object) -> httpx.Client:
         s = collector_settings.model_copy(update=settings_overrides)
-        opts = CollectorOptions(**{"topic": topic, "rate_per_second": 0, **(options or {})})
+        opts = CollectorConfig(**{"topic": topic, "rate_per_second": 0, **(options or {})})
         cm = serve(create_app(s, opts))
         url = cm.__enter__()
         client = httpx.Client(base_url=url, timeout=15)

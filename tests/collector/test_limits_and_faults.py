@@ -114,9 +114,9 @@ def test_the_declared_route_serves_the_same_handler(
     import httpx
 
     from clickflow.collector.app import create_app
-    from clickflow.collector.options import CollectorOptions
+    from clickflow.collector.config import CollectorConfig
 
-    app = create_app(collector_settings, CollectorOptions(topic=topic, rate_per_second=0))
+    app = create_app(collector_settings, CollectorConfig(topic=topic, rate_per_second=0))
 
     async def go() -> tuple[httpx.Response, httpx.Response]:
         async with app.router.lifespan_context(app):

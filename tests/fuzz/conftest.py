@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from clickflow.api.app import create_app as create_api
 from clickflow.collector.app import create_app as create_collector
-from clickflow.collector.options import CollectorOptions
+from clickflow.collector.config import CollectorConfig
 from clickflow.config import Settings
 from clickflow.kafka.topics import TopicSpec, ensure_topics
 from clickflow.migrations import migrate_clickhouse, migrate_postgres
@@ -36,7 +36,7 @@ def collector_settings(base_settings: Settings, redis_url: str) -> Settings:
 
 @pytest.fixture(scope="module")
 def collector_app(collector_settings: Settings, fuzz_topic: str) -> FastAPI:
-    opts = CollectorOptions(topic=fuzz_topic, rate_per_second=0, max_body_bytes=65_536)
+    opts = CollectorConfig(topic=fuzz_topic, rate_per_second=0, max_body_bytes=65_536)
     return create_collector(collector_settings, opts)
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from clickflow.collector.app import create_app as create_collector
-from clickflow.collector.options import CollectorOptions
+from clickflow.collector.config import CollectorConfig
 from clickflow.config import Settings
 from clickflow.kafka.topics import TopicSpec, ensure_topics
 from clickflow.stores.clickhouse import clickhouse_client
@@ -36,7 +36,7 @@ def quiet(collector_settings: Settings) -> Iterator[tuple[TestClient, str]]:
     """A collector on a topic of its own: whatever is refused must not show up there."""
     topic = f"hardening-{uuid.uuid4().hex[:8]}"
     ensure_topics(collector_settings.kafka_bootstrap, [TopicSpec(topic, 4)])
-    opts = CollectorOptions(topic=topic, rate_per_second=0, max_body_bytes=LIMIT)
+    opts = CollectorConfig(topic=topic, rate_per_second=0, max_body_bytes=LIMIT)
     with TestClient(create_collector(collector_settings, opts)) as client:
         yield client, topic
 

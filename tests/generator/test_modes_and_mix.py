@@ -10,8 +10,9 @@ import pytest
 from clickflow.config import Settings
 from clickflow.domains.pageviews.events import InvalidEvent, decode_page_view
 from clickflow.domains.pageviews.traffic import PageViewFactory
-from clickflow.generator.engine import Engine, GeneratorOptions, Mix
+from clickflow.generator.engine import Engine
 from clickflow.generator.modes import RateModel, parse_schedule
+from clickflow.generator.options import GeneratorOptions, Mix
 
 
 def integrate(model: RateModel, seconds: float, step: float = 0.01) -> list[float]:
@@ -106,7 +107,7 @@ def test_invalid_options_are_rejected() -> None:
 
 
 def test_a_finished_runs_rate_does_not_decay_after_it_ended() -> None:
-    from clickflow.generator.engine import Stats
+    from clickflow.generator.metrics import Stats
 
     a = Stats(acked=300, started=100.0, ended=102.0)
     b = Stats(acked=100, started=101.0, ended=103.0)

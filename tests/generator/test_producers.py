@@ -13,8 +13,10 @@ from fastapi.testclient import TestClient
 from clickflow.config import Settings
 from clickflow.domains.pageviews.traffic import PageViewFactory
 from clickflow.generator.control import create_control_app
-from clickflow.generator.engine import Engine, GeneratorOptions, Mix, read_truth
+from clickflow.generator.engine import Engine
 from clickflow.generator.modes import RateModel
+from clickflow.generator.options import GeneratorOptions, Mix
+from clickflow.generator.truth import read_truth
 from clickflow.kafka.config import consumer_config
 
 

@@ -21,8 +21,9 @@ from clickflow.config import Settings
 from clickflow.domains.pageviews.events import event_identity
 from clickflow.domains.pageviews.traffic import PageViewFactory
 from clickflow.generator.control import create_control_app
-from clickflow.generator.engine import GeneratorOptions, Mix, read_truth
 from clickflow.generator.modes import RateModel
+from clickflow.generator.options import GeneratorOptions, Mix
+from clickflow.generator.truth import read_truth
 from clickflow.generator.workers import WorkerPool
 from clickflow.kafka.config import consumer_config
 

@@ -24,11 +24,12 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from starlette.types import Receive, Scope, Send
 
+from clickflow.collector.config import CollectorConfig
 from clickflow.collector.exceptions import CollectorError
 from clickflow.collector.ingest import ClientGone, Ingestor, Outcome, error_outcome
+from clickflow.collector.kinds import collected
 from clickflow.collector.metrics import LATENCY, RATE_LIMITED, REQUESTS
 from clickflow.collector.openapi import EVENTS_OPENAPI, install_openapi
-from clickflow.collector.options import CollectorOptions
 from clickflow.collector.publisher import KafkaPublisher
 from clickflow.collector.ratelimit import RateLimiter
 from clickflow.collector.tokens import TokenVerifier
@@ -54,17 +55,15 @@ class Services:
     topics_task: asyncio.Task[None] | None
 
 
-def topic_spec(options: CollectorOptions) -> TopicSpec:
-    """The topic the UGC pipeline reads, with its partition count (one place configures
-    both: ``CLICKFLOW_UGC_TOPIC`` / ``CLICKFLOW_UGC_PARTITIONS``)."""
-    from clickflow.domains.ugc.config import UgcConfig
-
-    ugc = UgcConfig()
-    return TopicSpec(options.topic or ugc.topic, ugc.partitions)
+def topic_spec(options: CollectorConfig) -> TopicSpec:
+    """The topic of the domain the collector takes events for (``domains/<d>/collect.py``),
+    with its partition count; ``options.topic`` renames it."""
+    spec = collected().topic()
+    return TopicSpec(options.topic or spec.name, spec.partitions)
 
 
 async def _ensure_topics(
-    settings: Settings, options: CollectorOptions, specs: list[TopicSpec]
+    settings: Settings, options: CollectorConfig, specs: list[TopicSpec]
 ) -> asyncio.Task | None:
     """Create the topic now if Kafka answers within the publish timeout; otherwise keep trying
     in the background (the collector starts anyway and answers 503 until Kafka is back)."""
@@ -88,7 +87,7 @@ async def _ensure_topics(
     return asyncio.create_task(retry())
 
 
-async def start_services(settings: Settings, options: CollectorOptions) -> Services:
+async def start_services(settings: Settings, options: CollectorConfig) -> Services:
     topic = topic_spec(options)
     topics_task = await _ensure_topics(settings, options, [topic])
     publisher = KafkaPublisher(
@@ -169,11 +168,9 @@ class CollectorApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(
-    settings: Settings | None = None, options: CollectorOptions | None = None
-) -> FastAPI:
+def create_app(settings: Settings | None = None, options: CollectorConfig | None = None) -> FastAPI:
     settings = settings or get_settings()
-    options = options or CollectorOptions()
+    options = options or CollectorConfig()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

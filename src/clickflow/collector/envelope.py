@@ -1,10 +1,11 @@
 """The seed's envelope ``{"event": kind, "token": str | null, "data": {...}}``.
 
 Turns a request body into per-event verdicts: size limits, bounded gunzip, one event or a
-JSON array, and each ``data`` validated by the Struct registered for its kind in
-``clickflow.domains.ugc.events.EVENT_KINDS`` — a new kind there is accepted here as is.
+JSON array, and each ``data`` validated by the Struct registered for its kind in the
+collected domain's ``KINDS`` (``domains/<d>/collect.py``, found by ``kinds.collected()``) — a
+new kind there is accepted here as is.
 
-Speed: one envelope Struct per kind is derived from ``EVENT_KINDS`` (a tagged union on
+Speed: one envelope Struct per kind is derived from ``KINDS`` (a tagged union on
 ``event``), so a whole valid batch decodes in one msgspec call (~0.5 µs per event). Only
 when that fails is each event decoded on its own, to give each its verdict.
 """
@@ -20,7 +21,7 @@ import msgspec
 from msgspec import Meta, Raw, Struct
 
 from clickflow.collector.exceptions import MalformedBody, PayloadTooLarge, UnsupportedMediaType
-from clickflow.domains.ugc.events import EVENT_KINDS
+from clickflow.collector.kinds import collected
 
 ClientEventId = Annotated[str, Meta(min_length=1, max_length=64)]
 Token = Annotated[str, Meta(max_length=8192)]
@@ -51,7 +52,7 @@ class Rejected:
 
 
 class Schemas:
-    """The envelope types for the current ``EVENT_KINDS`` and their decoders."""
+    """The envelope types for the current ``KINDS`` and their decoders."""
 
     def __init__(self, kinds: dict[str, type[Struct]]) -> None:
         self.key = tuple(kinds.items())
@@ -79,10 +80,11 @@ _schemas: Schemas | None = None
 
 
 def schemas() -> Schemas:
-    """Rebuilt when ``EVENT_KINDS`` changed (a kind added at run time, e.g. in a test)."""
+    """Rebuilt when ``KINDS`` changed (a kind added at run time, e.g. in a test)."""
     global _schemas
-    if _schemas is None or _schemas.key != tuple(EVENT_KINDS.items()):
-        _schemas = Schemas(EVENT_KINDS)
+    kinds = collected().kinds
+    if _schemas is None or _schemas.key != tuple(kinds.items()):
+        _schemas = Schemas(kinds)
     return _schemas
 
 

@@ -34,3 +34,8 @@ class PublishFailed(CollectorError):
     """Kafka did not acknowledge in time (or refused): nothing may be reported as stored."""
 
     status = 503
+
+
+class CollectedDomainError(Exception):
+    """At start-up: no domain, or more than one, declares what the collector takes
+    (``domains/<d>/collect.py``). Not a request's error: the collector does not start."""

@@ -18,6 +18,7 @@ import msgspec
 from starlette.types import Receive
 
 from clickflow.collector import envelope
+from clickflow.collector.config import CollectorConfig
 from clickflow.collector.envelope import Event, Rejected
 from clickflow.collector.exceptions import (
     CollectorError,
@@ -26,11 +27,10 @@ from clickflow.collector.exceptions import (
     UnsupportedMediaType,
 )
 from clickflow.collector.ids import EventIds
+from clickflow.collector.kinds import collected
 from clickflow.collector.metrics import EVENTS, PUBLISH_ERRORS
-from clickflow.collector.options import CollectorOptions
 from clickflow.collector.publisher import KafkaPublisher
 from clickflow.collector.tokens import TokenVerifier
-from clickflow.domains.ugc.events import EVENT_KINDS, UGC_TOPIC, UgcRecord
 
 ANONYMOUS = "anonymous"
 ACCEPTED_TYPES = frozenset({"", "application/json", "text/plain"})  # text/plain: sendBeacon
@@ -107,21 +107,24 @@ def check_content_type(value: bytes | None) -> None:
 
 
 def _kind_label(kind: str | None) -> str:
-    return kind if kind in EVENT_KINDS else "unknown"
+    return kind if kind in collected().kinds else "unknown"
 
 
 class Ingestor:
     def __init__(
         self,
-        options: CollectorOptions,
+        options: CollectorConfig,
         verifier: TokenVerifier,
         publisher: KafkaPublisher,
-        topic: str = UGC_TOPIC,
+        topic: str | None = None,
     ) -> None:
+        """``topic``: where the events go (default: the collected domain's topic)."""
+        domain = collected()
         self._options = options
         self._verifier = verifier
         self._publisher = publisher
-        self._topic = topic
+        self._topic = topic or domain.topic().name
+        self._record = domain.record
         self._encoder = msgspec.json.Encoder()
         self._ids = EventIds()
         self._event_counters: dict[tuple[str, str], Any] = {}
@@ -166,14 +169,14 @@ class Ingestor:
         results: list[Verdict] = []
         records: list[tuple[bytes, bytes]] = []
         add_result, add_record = results.append, records.append
-        encode, new_id = self._encoder.encode, self._ids.next
+        encode, new_id, make_record = self._encoder.encode, self._ids.next, self._record
         accepted: dict[str, int] = {}
         for i, v in enumerate(verdicts):
             if v.__class__ is Rejected:
                 add_result(Refused(i, v.field, v.reason, v.kind))  # type: ignore[union-attr]
                 continue
             kind, event_id, user_id = v.kind, v.event_id or new_id(), users[i]  # type: ignore[union-attr]
-            record = UgcRecord(kind, event_id, user_id, now_ms, v.data)  # type: ignore[union-attr,arg-type]
+            record = make_record(kind, event_id, user_id, now_ms, v.data)  # type: ignore[union-attr]
             add_record((user_id.encode(), encode(record)))
             add_result(Accepted(i, kind, event_id))
             accepted[kind] = accepted.get(kind, 0) + 1

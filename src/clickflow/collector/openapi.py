@@ -1,6 +1,6 @@
-"""OpenAPI for ``POST /v1/events``, generated from ``EVENT_KINDS``: a new kind's Struct shows
-up in the docs with no change here. The route reads the raw body itself (msgspec is faster
-than pydantic), so the request and response shapes are declared here instead."""
+"""OpenAPI for ``POST /v1/events``, generated from the collected ``KINDS``: a new kind's
+Struct shows up in the docs with no change here. The route reads the raw body itself (msgspec
+is faster than pydantic), so the request and response shapes are declared here instead."""
 
 from __future__ import annotations
 

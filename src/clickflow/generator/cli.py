@@ -48,8 +48,9 @@ def generate(
 ) -> None:
     """Synthetic traffic for a domain: load modes, event mix, producer patterns, faults."""
     from clickflow.config import get_settings
-    from clickflow.generator.engine import Engine, GeneratorOptions, Mix
+    from clickflow.generator.engine import Engine
     from clickflow.generator.modes import RateModel, parse_schedule
+    from clickflow.generator.options import GeneratorOptions, Mix
     from clickflow.generator.registry import available_domains, factory_for
     from clickflow.generator.workers import WorkerPool
     from clickflow.logs import setup_logging

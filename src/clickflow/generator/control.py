@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Literal
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from clickflow.generator.engine import Mix
+from clickflow.generator.controls import GeneratorControls
 from clickflow.generator.modes import parse_schedule
+from clickflow.generator.options import Mix
 from clickflow.health import health_router
 
 
@@ -29,17 +30,7 @@ class ControlRequest(BaseModel):
     mix: MixUpdate | None = None
 
 
-class Controllable(Protocol):
-    """An ``Engine``, or a ``WorkerPool`` that forwards each change to its workers."""
-
-    def state(self) -> dict: ...
-    def set_mode(self, mode: str) -> None: ...
-    def set_rate(self, rate: float) -> None: ...
-    def set_schedule(self, schedule: list[tuple[str, float]]) -> None: ...
-    def set_mix(self, mix: Mix) -> None: ...
-
-
-def create_control_app(engines: dict[str, Controllable]) -> FastAPI:
+def create_control_app(engines: dict[str, GeneratorControls]) -> FastAPI:
     app = FastAPI(title="clickflow generator control", version="0.1.0")
     app.include_router(health_router("generator", {}))
 

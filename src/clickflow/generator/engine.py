@@ -17,22 +17,27 @@ from __future__ import annotations
 import heapq
 import logging
 import random
-import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message
-from prometheus_client import REGISTRY
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from clickflow.config import Settings
+from clickflow.generator.controls import GeneratorControls
 from clickflow.generator.factory import EventFactory, GeneratedEvent
-from clickflow.generator.modes import RateModel, validate_mode
+from clickflow.generator.metrics import (
+    LATENCY_BUCKETS,
+    Stats,
+    export_metrics,
+    latency_quantile,
+    stop_exporting,
+)
+from clickflow.generator.modes import RateModel
+from clickflow.generator.options import GeneratorOptions, Mix
 from clickflow.hot_loops import FEWER_COLLECTIONS
 from clickflow.kafka.config import producer_config
 from clickflow.kafka.producer import EventProducer
@@ -40,157 +45,6 @@ from clickflow.kafka.topics import ensure_topics
 from clickflow.logs import log_fields
 
 log = logging.getLogger("clickflow.generator")
-
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-
-
-class Measured(Protocol):
-    """What the metrics export reads: an engine, or a pool of worker processes."""
-
-    domain: str
-    stats: Stats
-    latency_counts: list[int]  # per LATENCY_BUCKETS bound, then one for +Inf
-    latency_sum: float
-
-
-class _EngineCollector:
-    """Exports every engine's counters and ack-latency histogram at scrape time.
-
-    Counting in plain ints and exporting on scrape keeps the per-event cost at a few
-    hundred nanoseconds (prometheus_client's own inc/observe cost ~2 us per event)."""
-
-    def __init__(self) -> None:
-        self.engines: list[Measured] = []
-
-    def collect(self):
-        counters = {
-            name: CounterMetricFamily(f"clickflow_generator_{name}", help_, labels=["domain"])
-            for name, help_ in (
-                ("sent", "Records handed to the producer"),
-                ("acked", "Records acknowledged by the broker"),
-                ("failed", "Deliveries that failed"),
-                ("retried", "Records re-sent after a failure"),
-            )
-        }
-        hist = HistogramMetricFamily(
-            "clickflow_generator_ack_latency_seconds", "Send-to-ack latency", labels=["domain"]
-        )
-        for e in list(self.engines):
-            for name, fam in counters.items():
-                fam.add_metric([e.domain], getattr(e.stats, name))
-            acc, buckets = 0, []
-            for bound, n in zip(LATENCY_BUCKETS, e.latency_counts, strict=False):
-                acc += n
-                buckets.append((str(bound), acc))
-            buckets.append(("+Inf", acc + e.latency_counts[-1]))
-            hist.add_metric([e.domain], buckets, e.latency_sum)
-        yield from counters.values()
-        yield hist
-
-
-_COLLECTOR = _EngineCollector()
-REGISTRY.register(_COLLECTOR)
-
-
-def export_metrics(source: Measured) -> None:
-    """Include ``source`` in the Prometheus export (``/metrics``)."""
-    _COLLECTOR.engines.append(source)
-
-
-def stop_exporting(source: Measured) -> None:
-    if source in _COLLECTOR.engines:
-        _COLLECTOR.engines.remove(source)
-
-
-PATTERNS = ("sync", "async", "batch")
-PARTITIONERS = ("key", "round-robin", "random")
-
-
-@dataclass
-class Mix:
-    """Shares of the event stream (the factory decides how to make/break each event)."""
-
-    broken_share: float = 0.05
-    duplicate_share: float = 0.01
-
-    def __post_init__(self) -> None:
-        for name in ("broken_share", "duplicate_share"):
-            v = getattr(self, name)
-            if not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {v!r}")
-        if self.broken_share + self.duplicate_share > 1.0:
-            raise ValueError("broken_share + duplicate_share must not exceed 1")
-
-
-@dataclass
-class GeneratorOptions:
-    pattern: str = "async"
-    partitioner: str = "key"
-    batch_size: int = 1000  # batch pattern: N
-    batch_ms: float = 50.0  # batch pattern: X
-    retry_initial: float = 0.1
-    retry_max: float = 5.0
-    max_attempts: int = 0  # 0 = retry until it goes through
-    seed: int = 42
-    producer_overrides: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.pattern not in PATTERNS:
-            raise ValueError(f"unknown pattern {self.pattern!r}: use {', '.join(PATTERNS)}")
-        if self.partitioner not in PARTITIONERS:
-            raise ValueError(
-                f"unknown partitioner {self.partitioner!r}: use {', '.join(PARTITIONERS)}"
-            )
-        if not 1 <= self.batch_size <= 1_000_000:
-            raise ValueError("batch_size must be between 1 and 1,000,000")
-        if self.batch_ms <= 0:
-            raise ValueError("batch_ms must be positive")
-
-
-@dataclass
-class Stats:
-    sent: int = 0
-    acked: int = 0
-    failed: int = 0
-    retried: int = 0
-    valid: int = 0
-    broken: int = 0
-    duplicates: int = 0
-    started: float = field(default_factory=time.monotonic)
-    #: When the run ended (after its final flush): the rate of a finished run stays put.
-    ended: float | None = None
-
-    @classmethod
-    def total(cls, parts: list[Stats]) -> Stats:
-        """The sum of several engines' counters, started when the first one started."""
-        out = cls()
-        for name in ("sent", "acked", "failed", "retried", "valid", "broken", "duplicates"):
-            setattr(out, name, sum(getattr(s, name) for s in parts))
-        if parts:
-            out.started = min(s.started for s in parts)
-            if all(s.ended is not None for s in parts):
-                out.ended = max(s.ended for s in parts)  # type: ignore[type-var]
-        return out
-
-    @property
-    def generated(self) -> int:
-        return self.valid + self.broken + self.duplicates
-
-    def rate(self) -> float:
-        elapsed = (self.ended or time.monotonic()) - self.started
-        return self.acked / elapsed if elapsed > 0 else 0.0
-
-    def as_dict(self) -> dict:
-        return {
-            "sent": self.sent,
-            "acked": self.acked,
-            "failed": self.failed,
-            "retried": self.retried,
-            "valid": self.valid,
-            "broken": self.broken,
-            "duplicates": self.duplicates,
-            "acked_per_s": round(self.rate(), 1),
-        }
 
 
 class _Pending:
@@ -209,9 +63,8 @@ class _Pending:
         self.engine._delivered(err, msg, self)
 
 
-class Engine:
-    """Generate ``factory`` events to Kafka. Thread-safe controls: ``set_mode``, ``set_rate``,
-    ``set_mix``; ``stop`` from any thread."""
+class Engine(GeneratorControls):
+    """Generate ``factory`` events to Kafka, under the controls of ``GeneratorControls``."""
 
     def __init__(
         self,
@@ -224,23 +77,15 @@ class Engine:
         truth_path: Path | None = None,
         schedule: list[tuple[str, float]] | None = None,
     ) -> None:
+        super().__init__(domain, rate_model, mix, options, schedule)
         self.settings = settings
         self.factory = factory
-        self.domain = domain
-        self.rates = rate_model or RateModel()
-        self.mix = mix or Mix()
-        self.options = options or GeneratorOptions()
-        self.schedule = schedule
-        self.stats = Stats()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._rng = random.Random(self.options.seed)
         self._recent: list[GeneratedEvent] = []  # candidates for duplicates
         self._retry_heap: list[tuple[float, int, _Pending]] = []
         self._retry_seq = 0
         self._truth: IO[bytes] | None = open(truth_path, "wb") if truth_path else None
         self._rr = 0
-        self._mode_started = time.monotonic()
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         export_metrics(self)
@@ -259,55 +104,6 @@ class Engine:
         self.partitions = factory.topic.partitions
         self._topic = factory.topic.name
         self._produce = self.producer.raw.produce
-
-    # -- controls ----------------------------------------------------------------------------
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def set_mode(self, mode: str) -> None:
-        validate_mode(mode)
-        with self._lock:
-            self.rates.mode = mode
-            self.schedule = None
-            self._mode_started = time.monotonic()
-
-    def set_rate(self, rate: float) -> None:
-        if not 0 < rate <= 10_000_000:
-            raise ValueError("rate must be between 0 and 10,000,000 events/s")
-        with self._lock:
-            self.rates.rate = float(rate)
-            self.rates.mode = "fixed"
-            self.schedule = None
-            self._mode_started = time.monotonic()
-
-    def set_schedule(self, schedule: list[tuple[str, float]]) -> None:
-        with self._lock:
-            self.schedule = schedule
-
-    def set_mix(self, mix: Mix) -> None:
-        with self._lock:
-            self.mix = mix
-
-    @property
-    def mode(self) -> str:
-        return self.rates.mode
-
-    def state(self) -> dict:
-        with self._lock:
-            return {
-                "domain": self.domain,
-                "mode": self.rates.mode,
-                "rate": self.rates.rate,
-                "schedule": self.schedule,
-                "mix": {
-                    "broken_share": self.mix.broken_share,
-                    "duplicate_share": self.mix.duplicate_share,
-                },
-                "pattern": self.options.pattern,
-                "partitioner": self.options.partitioner,
-                "stats": self.stats.as_dict(),
-            }
 
     # -- event selection -----------------------------------------------------------------------
 
@@ -518,22 +314,10 @@ class Engine:
 
     def latency_quantile(self, q: float) -> float | None:
         """Upper bound of the bucket holding the q-quantile of ack latency."""
-        total = sum(self.latency_counts)
-        if not total:
-            return None
-        acc = 0
-        for bound, n in zip(LATENCY_BUCKETS, self.latency_counts, strict=False):
-            acc += n
-            if acc >= q * total:
-                return bound
-        return float("inf")
+        return latency_quantile(self.latency_counts, q)
 
     def close(self) -> None:
         stop_exporting(self)
         if self._truth is not None:
             self._truth.close()
             self._truth = None
-
-
-def read_truth(path: Path) -> list[dict]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]

@@ -24,7 +24,6 @@ import dataclasses
 import multiprocessing
 import shutil
 import signal
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -35,24 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from clickflow.config import Settings
-from clickflow.generator.engine import (
-    LATENCY_BUCKETS,
-    Engine,
-    GeneratorOptions,
-    Mix,
-    Stats,
-    export_metrics,
-    stop_exporting,
-)
+from clickflow.generator.controls import Command, GeneratorControls
+from clickflow.generator.engine import Engine
 from clickflow.generator.factory import EventFactory
-from clickflow.generator.modes import RateModel, validate_mode
+from clickflow.generator.metrics import LATENCY_BUCKETS, Stats, export_metrics, stop_exporting
+from clickflow.generator.modes import RateModel
+from clickflow.generator.options import GeneratorOptions, Mix
+from clickflow.generator.truth import truth_part
 from clickflow.kafka.topics import ensure_topics
 
 TICK = 0.1  # seconds between a worker's reports (and its look at the command pipe)
-
-#: parent -> worker: ("mode", "burst"), ("rate", 500.0), ("schedule", [("night", 30.0)]),
-#: ("mix", Mix(...)) or ("stop", None)
-Command = tuple[str, Any]
 
 
 @dataclass
@@ -86,14 +77,10 @@ class WorkerReport:
     error: str | None = None  # the traceback, when the worker failed
 
 
-def truth_part(truth_path: Path, index: int) -> Path:
-    return truth_path.with_name(f"{truth_path.name}.part-{index}")
-
-
-class WorkerPool:
+class WorkerPool(GeneratorControls):
     """N worker processes generating one domain's traffic together, with the controls of an
-    ``Engine`` (``run``, ``stop``, ``state``, ``set_mode``, ``set_rate``, ``set_schedule``,
-    ``set_mix``, ``close``). ``failure`` says why a worker stopped early, if one did."""
+    ``Engine`` (``GeneratorControls``; each change is forwarded to every worker) and its
+    ``run`` and ``close``. ``failure`` says why a worker stopped early, if one did."""
 
     def __init__(
         self,
@@ -109,60 +96,23 @@ class WorkerPool:
     ) -> None:
         if not 1 <= workers <= 64:
             raise ValueError("workers must be between 1 and 64")
+        # rate_model is the whole traffic; each worker runs 1/N of it.
+        super().__init__(domain, rate_model, mix, options, schedule)
         self.settings = settings
         self.factory = factory
-        self.domain = domain
         self.workers = workers
-        self.rates = rate_model or RateModel()  # the whole traffic; each worker runs 1/N
-        self.mix = mix or Mix()
-        self.options = options or GeneratorOptions()
         self.truth_path = truth_path
-        self.schedule = schedule
-        self.stats = Stats()
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.reports: list[WorkerReport | None] = [None] * workers
         self.failure: str | None = None
         self._conns: list[Connection] = []
         self._procs: list[BaseProcess] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         # Once here, rather than N workers racing to create the topic.
         ensure_topics(settings.kafka_bootstrap, [factory.topic])
         export_metrics(self)
 
-    # -- controls (same as Engine's) -----------------------------------------------------------
-
-    def stop(self) -> None:
-        """Ask every worker to stop and flush (safe from a signal handler)."""
-        self._stop.set()
-
-    def set_mode(self, mode: str) -> None:
-        validate_mode(mode)
-        with self._lock:
-            self.rates.mode = mode
-            self.schedule = None
-        self._send(("mode", mode))
-
-    def set_rate(self, rate: float) -> None:
-        """``rate`` is the total: each worker's RateModel.share makes it 1/N."""
-        if not 0 < rate <= 10_000_000:
-            raise ValueError("rate must be between 0 and 10,000,000 events/s")
-        with self._lock:
-            self.rates.rate = float(rate)
-            self.rates.mode = "fixed"
-            self.schedule = None
-        self._send(("rate", float(rate)))
-
-    def set_schedule(self, schedule: list[tuple[str, float]]) -> None:
-        with self._lock:
-            self.schedule = schedule
-        self._send(("schedule", schedule))
-
-    def set_mix(self, mix: Mix) -> None:
-        with self._lock:
-            self.mix = mix
-        self._send(("mix", mix))
+    # -- controls: GeneratorControls, forwarded to every worker --------------------------------
 
     @property
     def pids(self) -> list[int | None]:
@@ -178,24 +128,10 @@ class WorkerPool:
             return first.mode
         return self.rates.mode
 
-    def state(self) -> dict:
-        with self._lock:
-            return {
-                "domain": self.domain,
-                "mode": self.mode,
-                "rate": self.rates.rate,
-                "schedule": self.schedule,
-                "mix": {
-                    "broken_share": self.mix.broken_share,
-                    "duplicate_share": self.mix.duplicate_share,
-                },
-                "pattern": self.options.pattern,
-                "partitioner": self.options.partitioner,
-                "workers": self.workers,
-                "stats": self.stats.as_dict(),
-            }
+    def _state_extra(self) -> dict:
+        return {"workers": self.workers}
 
-    def _send(self, command: Command) -> None:
+    def _forward(self, command: Command) -> None:
         with self._lock:
             for conn in self._conns:
                 with contextlib.suppress(OSError):  # a dead worker is reported by run()
@@ -262,7 +198,7 @@ class WorkerPool:
         stop_sent = False
         while running:
             if not stop_sent and (self._stop.is_set() or self.failure):
-                self._send(("stop", None))
+                self._forward(("stop", None))
                 stop_sent = True
             waitables: list[Any] = [self._conns[k] for k in running]
             wait(waitables + [self._procs[k].sentinel for k in running], timeout=TICK)
@@ -354,7 +290,7 @@ def _worker_main(spec: WorkerSpec, conn: Connection) -> None:
         def tick(e: Engine) -> None:
             try:
                 while conn.poll():
-                    _apply(e, conn.recv())
+                    e.apply(conn.recv())
                 conn.send(_report(spec.index, e))
             except (EOFError, OSError):  # the parent is gone: stop and flush
                 e.stop()
@@ -383,22 +319,6 @@ def _stop_on_signals(engine: Engine) -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-def _apply(engine: Engine, command: Command) -> None:
-    name, value = command
-    if name == "stop":
-        engine.stop()
-    elif name == "mode":
-        engine.set_mode(value)
-    elif name == "rate":
-        engine.set_rate(value)
-    elif name == "schedule":
-        engine.set_schedule(value)
-    elif name == "mix":
-        engine.set_mix(value)
-    else:
-        raise ValueError(f"unknown generator command {name!r}")
 
 
 def _report(index: int, engine: Engine, done: bool = False) -> WorkerReport:

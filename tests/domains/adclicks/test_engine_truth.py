@@ -18,8 +18,10 @@ from clickflow.domains.adclicks import api
 from clickflow.domains.adclicks.config import AdClicksConfig
 from clickflow.domains.adclicks.pipeline import pipeline_spec
 from clickflow.domains.adclicks.traffic import AdClickFactory
-from clickflow.generator.engine import Engine, GeneratorOptions, Mix, read_truth
+from clickflow.generator.engine import Engine
 from clickflow.generator.modes import RateModel
+from clickflow.generator.options import GeneratorOptions, Mix
+from clickflow.generator.truth import read_truth
 from clickflow.kafka.batch import BatchTrigger
 from clickflow.migrations import migrate_clickhouse
 from clickflow.pipelines import PipelineOptions, build_consumer

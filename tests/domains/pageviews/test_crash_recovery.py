@@ -14,7 +14,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from clickflow.config import Settings
-from clickflow.generator.engine import read_truth
+from clickflow.generator.truth import read_truth
 from clickflow.kafka.config import consumer_config
 
 from .test_pipeline import generate

@@ -10,8 +10,9 @@ from clickflow.config import Settings
 from clickflow.domains.pageviews.pipeline import PageViewHandler
 from clickflow.domains.pageviews.traffic import PageViewFactory
 from clickflow.exactly_once.intent_log import ClickHouseIntentLog
-from clickflow.generator.engine import Engine, GeneratorOptions, Mix
+from clickflow.generator.engine import Engine
 from clickflow.generator.modes import RateModel
+from clickflow.generator.options import GeneratorOptions, Mix
 from clickflow.kafka.batch import BatchTrigger, Delivery
 from clickflow.kafka.config import consumer_config, producer_config
 from clickflow.kafka.consumer import BatchConsumer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from clickflow.generator.engine import read_truth
+from clickflow.generator.truth import read_truth
 
 
 def expected_rollups(truth_path: Path) -> tuple[dict, dict, int, int]:

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from clickflow.config import Settings
 from clickflow.domains.telecom.api import queries_dep, router
+from clickflow.domains.telecom.config import TelecomConfig
 from clickflow.domains.telecom.grpc_server import start_server
-from clickflow.domains.telecom.options import TelecomOptions
 from clickflow.domains.telecom.pipeline import build_aggregate, build_ingest
 from clickflow.domains.telecom.proto import telecom_pb2 as pb
 from clickflow.domains.telecom.proto import telecom_pb2_grpc as pb_grpc
@@ -261,7 +261,7 @@ def test_token_is_required_when_configured(tc_settings: Settings) -> None:
 
 def test_rate_limit_answers_429(tc_settings: Settings) -> None:
     e = Env(tc_settings)
-    limited = TelecomQueries(tc_settings, TelecomOptions(rate_limit_per_s=0.5, rate_limit_burst=3))
+    limited = TelecomQueries(tc_settings, TelecomConfig(rate_limit_per_s=0.5, rate_limit_burst=3))
     e.app.dependency_overrides[queries_dep] = lambda: limited
     headers = {"Authorization": f"Bearer {uuid.uuid4().hex}"}  # its own bucket
     try:

@@ -8,7 +8,6 @@ and so the same identity; two different views are never identical to the millise
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import socket
 from datetime import datetime
@@ -17,7 +16,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-PAGEVIEWS_TOPIC = os.environ.get("CLICKFLOW_PAGEVIEWS_TOPIC", "page_views")
+from clickflow.domains.pageviews.config import pageviews_config
+
+PAGEVIEWS_TOPIC = pageviews_config().topic
 
 MAX_DURATION_MS = 24 * 3600 * 1000  # a view longer than a day is absurd
 MAX_FUTURE_S = 3600  # timestamps more than an hour ahead are a broken clock

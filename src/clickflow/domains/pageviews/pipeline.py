@@ -16,7 +16,6 @@ Exactly once, through crashes:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -26,6 +25,7 @@ from confluent_kafka import Message
 from prometheus_client import Counter
 
 from clickflow.config import Settings
+from clickflow.domains.pageviews.config import pageviews_config
 from clickflow.domains.pageviews.events import (
     PAGEVIEWS_TOPIC,
     InvalidEvent,
@@ -35,7 +35,7 @@ from clickflow.domains.pageviews.events import (
 from clickflow.exactly_once.claims import DayBucketClaims
 from clickflow.exactly_once.insert import insert_chunk
 from clickflow.exactly_once.intent_log import ClickHouseIntentLog
-from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
+from clickflow.kafka.batch import Batch
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.pipelines import PipelineOptions, PipelineSpec
@@ -225,11 +225,8 @@ def _error_row(raw: bytes, reason: str, m: Message, now: float) -> bytes:
 
 
 def _default_options() -> PipelineOptions:
-    mode = os.environ.get("CLICKFLOW_PAGEVIEWS_BATCH_MODE", "hybrid")
-    records = int(os.environ.get("CLICKFLOW_PAGEVIEWS_BATCH_RECORDS", "5000"))
-    seconds = float(os.environ.get("CLICKFLOW_PAGEVIEWS_BATCH_SECONDS", "1.0"))
-    delivery = Delivery(os.environ.get("CLICKFLOW_PAGEVIEWS_DELIVERY", "exactly-once"))
-    return PipelineOptions(BatchTrigger.from_mode(mode, records, seconds), delivery)
+    config = pageviews_config()
+    return PipelineOptions(config.trigger(), config.delivery)
 
 
 PIPELINES = [

@@ -8,5 +8,5 @@
 events.py (schema), schema_postgres.sql, store.py (writers), pipeline.py, cache.py,
 queries.py (the one query module), api.py (HTTP), grpc_server.py + proto/ (gRPC),
 ratelimit.py, traffic.py (generator factory), verify.py + cli.py (verify mode, retention),
-options.py (CLICKFLOW_TELECOM_* settings).
+config.py (CLICKFLOW_TELECOM_* settings).
 """

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-from concurrent import futures
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -30,9 +28,7 @@ from clickflow.domains.telecom.queries import (
     queries_for,
 )
 from clickflow.domains.telecom.ratelimit import REJECTED
-from clickflow.logs import log_fields
-
-log = logging.getLogger("clickflow.telecom.grpc")
+from clickflow.grpc_services import listen, new_server
 
 
 def _ts(text: str, default: datetime) -> datetime:
@@ -135,15 +131,21 @@ class TelecomUsageService(pb_grpc.TelecomUsageServicer):
         return agg_message(d)
 
 
+def register(server: grpc.Server, settings: Settings) -> bool:
+    """The ``grpc_server.py`` convention: add the service to the shared server when these
+    settings have PostgreSQL (the telecom store); False otherwise."""
+    if not settings.postgres_url:
+        return False
+    service = TelecomUsageService(settings, queries_for(settings))
+    pb_grpc.add_TelecomUsageServicer_to_server(service, server)
+    return True
+
+
 def start_server(settings: Settings, port: int | None = None) -> grpc.Server:
-    """Start the service on ``settings.host:settings.grpc_port`` (or ``port``); returns it."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"))
+    """This service alone on ``settings.host:settings.grpc_port`` (or ``port``); returns it."""
+    server = new_server()
     pb_grpc.add_TelecomUsageServicer_to_server(
         TelecomUsageService(settings, queries_for(settings)), server
     )
-    address = f"{settings.host}:{port or settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
-        raise RuntimeError(f"cannot listen on {address} for gRPC: is the port busy?")
-    server.start()
-    log.info("grpc started", extra=log_fields(address=address))
+    listen(server, settings, port)
     return server

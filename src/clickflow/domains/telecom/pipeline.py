@@ -21,8 +21,8 @@ from prometheus_client import Counter, Histogram
 
 from clickflow.config import Settings
 from clickflow.domains.telecom.cache import AggCache, publish_quietly
+from clickflow.domains.telecom.config import telecom_config
 from clickflow.domains.telecom.events import DecodeErrors, TelecomEvent, decode
-from clickflow.domains.telecom.options import telecom_options
 from clickflow.domains.telecom.store import AggregateWriter, RawWriter, WriteResult
 from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
 from clickflow.kafka.dlq import DeadLetter
@@ -100,7 +100,7 @@ def build_aggregate(settings: Settings, _opts: PipelineOptions) -> TelecomHandle
         from clickflow.stores.redis import redis_client
 
         url = postgres_url(settings)
-        cache = AggCache(redis_client(settings), url, telecom_options().cache_ttl_s)
+        cache = AggCache(redis_client(settings), url, telecom_config().cache_ttl_s)
 
     def after_commit(result: WriteResult) -> None:
         if not publish_quietly(cache, result.version):
@@ -116,7 +116,7 @@ def build_aggregate(settings: Settings, _opts: PipelineOptions) -> TelecomHandle
 
 
 def topic_spec() -> TopicSpec:
-    opts = telecom_options()
+    opts = telecom_config()
     return TopicSpec(opts.topic, opts.partitions)
 
 

@@ -24,8 +24,8 @@ from psycopg_pool import ConnectionPool
 
 from clickflow.config import Settings
 from clickflow.domains.telecom.cache import AggCache
+from clickflow.domains.telecom.config import TelecomConfig, telecom_config
 from clickflow.domains.telecom.events import EventType
-from clickflow.domains.telecom.options import TelecomOptions, telecom_options
 from clickflow.domains.telecom.ratelimit import RateLimiter
 from clickflow.stores.postgres import postgres_pool, postgres_url
 
@@ -229,8 +229,8 @@ def global_aggregates_sql(pool: ConnectionPool, req: AggRequest) -> dict[str, An
 class TelecomQueries:
     """PostgreSQL pool + Redis cache for one deployment (settings)."""
 
-    def __init__(self, settings: Settings, options: TelecomOptions | None = None) -> None:
-        self.options = options or telecom_options()
+    def __init__(self, settings: Settings, options: TelecomConfig | None = None) -> None:
+        self.options = options or telecom_config()
         self.pool = postgres_pool(settings, min_size=1, max_size=8)
         self._url = postgres_url(settings)
         self.cache: AggCache | None = None

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from clickflow.domains.telecom.config import telecom_config
 from clickflow.domains.telecom.events import EventType
-from clickflow.domains.telecom.options import telecom_options
 from clickflow.generator.factory import GeneratedEvent
 from clickflow.kafka.topics import TopicSpec
 
@@ -42,7 +42,7 @@ class TelecomFactory:
     def __init__(
         self, users: int = 1000, topic: str | None = None, seed: int = 4, partitions: int = 0
     ) -> None:
-        opts = telecom_options()
+        opts = telecom_config()
         self.topic = TopicSpec(topic or opts.topic, partitions or opts.partitions)
         rng = random.Random(seed)
         self.users = [f"7{rng.randrange(900_000_0000, 999_999_9999)}" for _ in range(users)]

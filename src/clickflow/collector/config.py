@@ -1,4 +1,4 @@
-"""Collector options: one typed object, environment variables prefixed ``CLICKFLOW_COLLECTOR_``.
+"""Collector settings: one typed object, environment variables prefixed ``CLICKFLOW_COLLECTOR_``.
 
 The shared ``Settings`` carries what several services need (Kafka, Redis, auth URL, JWT
 secret, ports); what only the collector tunes lives here.
@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class CollectorOptions(BaseSettings):
+class CollectorConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLICKFLOW_COLLECTOR_", extra="ignore")
 
     # Request limits (413 beyond them). The body limit applies before and after gunzip.
@@ -24,9 +24,10 @@ class CollectorOptions(BaseSettings):
     # Take the client IP from the first X-Forwarded-For entry (only behind a trusted proxy).
     trust_forwarded_for: bool = False
 
-    # Kafka: the topic (None: the UGC pipeline's, CLICKFLOW_UGC_TOPIC, created with its
-    # partition count), and how long a record may wait for the broker's acknowledgement
-    # before the request gets 503. Short on purpose: a client retry beats a hanging request.
+    # Kafka: the topic (None: the collected domain's, from its collect.py; for UGC that is
+    # CLICKFLOW_UGC_TOPIC, created with its partition count), and how long a record may wait
+    # for the broker's acknowledgement before the request gets 503. Short on purpose: a client
+    # retry beats a hanging request.
     topic: str | None = None
     publish_timeout_ms: int = Field(default=2000, ge=100)
     linger_ms: int = Field(default=1, ge=0)  # measured: 1 ms gives the lowest p50 on tansu

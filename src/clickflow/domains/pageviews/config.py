@@ -1,0 +1,34 @@
+"""Page-view settings: environment variables prefixed ``CLICKFLOW_PAGEVIEWS_``.
+
+Kept in the domain (not in the global Settings) because only this domain reads them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clickflow.kafka.batch import BatchTrigger, Delivery
+
+
+class PageViewsConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLICKFLOW_PAGEVIEWS_", extra="ignore")
+
+    topic: str = Field(default="page_views", min_length=1)
+    #: when the pipeline hands a batch over: ``count`` (N records), ``time`` (every X s) or
+    #: ``hybrid`` (whichever comes first); ``clickflow process`` flags override it
+    batch_mode: Literal["count", "time", "hybrid"] = "hybrid"
+    batch_records: int = Field(default=5000, ge=1)
+    batch_seconds: float = Field(default=1.0, gt=0)
+    delivery: Delivery = Delivery.EXACTLY_ONCE
+
+    def trigger(self) -> BatchTrigger:
+        return BatchTrigger.from_mode(self.batch_mode, self.batch_records, self.batch_seconds)
+
+
+@lru_cache(maxsize=1)
+def pageviews_config() -> PageViewsConfig:
+    return PageViewsConfig()
