@@ -2,7 +2,9 @@
 
 ``POST /v1/events`` takes one event or a JSON array in the envelope of seed 001; see
 ``ingest.py`` for what happens to them and ``openapi.py`` for the documented shapes
-(``/docs``, and ``/apidocs`` as the seed promised).
+(``/docs``, and ``/apidocs`` as the seed promised). It also serves the browser tracker
+(``/js/clickflow.js``) and a demo page using it (``/demo``), and answers CORS for the
+origins of ``CLICKFLOW_COLLECTOR_CORS_ORIGINS``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from clickflow.collector.config import CollectorConfig
@@ -33,6 +36,7 @@ from clickflow.collector.openapi import EVENTS_OPENAPI, install_openapi
 from clickflow.collector.publisher import KafkaPublisher
 from clickflow.collector.ratelimit import RateLimiter
 from clickflow.collector.tokens import TokenVerifier
+from clickflow.collector.tracker import router as tracker_router
 from clickflow.config import Settings, get_settings
 from clickflow.health import dependency_checks, health_router
 from clickflow.kafka.config import producer_config
@@ -133,10 +137,42 @@ def client_ip(scope: Scope, headers: dict[bytes, bytes], trust_forwarded_for: bo
     return client[0] if client else "unknown"
 
 
-async def send_outcome(send: Send, outcome: Outcome) -> None:
+CORS_METHODS = ["GET", "POST", "OPTIONS"]
+CORS_HEADERS = ["Content-Type", "Content-Encoding", "Authorization"]
+CORS_EXPOSE = ["Retry-After"]  # the tracker's backoff reads it
+
+
+class CorsPolicy:
+    """The CORS headers of ``POST /v1/events`` answers, which bypass Starlette's middleware
+    (the rest of the app, preflights included, goes through ``CORSMiddleware`` with the
+    same settings)."""
+
+    def __init__(self, origins: list[str], credentials: bool) -> None:
+        self.any = "*" in origins
+        self.origins = frozenset(o.encode("latin-1") for o in origins if o != "*")
+        self.credentials = credentials
+
+    def headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+        if origin is None or not (self.any or origin in self.origins):
+            return []
+        expose = (b"access-control-expose-headers", ", ".join(CORS_EXPOSE).encode())
+        if self.any and not self.credentials:
+            return [(b"access-control-allow-origin", b"*"), expose]
+        out = [(b"access-control-allow-origin", origin), (b"vary", b"Origin"), expose]
+        if self.credentials:
+            out.append((b"access-control-allow-credentials", b"true"))
+        return out
+
+
+async def send_outcome(
+    send: Send, outcome: Outcome, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = _json.encode(outcome.body)
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     headers += [(k.lower().encode(), v.encode()) for k, v in outcome.headers.items()]
+    if extra:
+        headers += extra
     await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -152,6 +188,7 @@ class CollectorApp(FastAPI):
     """
 
     events_handler: Callable[[Scope, Receive], Awaitable[Outcome | None]] | None = None
+    cors: CorsPolicy | None = None  # None: no origin configured, nothing to add
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self.events_handler
@@ -163,7 +200,8 @@ class CollectorApp(FastAPI):
         ):
             outcome = await handler(scope, receive)
             if outcome is not None:
-                await send_outcome(send, outcome)
+                cors = self.cors
+                await send_outcome(send, outcome, cors.headers(scope) if cors else None)
             return
         await super().__call__(scope, receive, send)
 
@@ -193,6 +231,18 @@ def create_app(settings: Settings | None = None, options: CollectorConfig | None
     app.state.options = options
     uses = ["kafka"] + (["redis"] if settings.redis_url else [])
     app.include_router(health_router("collector", dependency_checks(settings, uses)))
+    app.include_router(tracker_router)
+    if options.cors_origins:
+        app.cors = CorsPolicy(options.cors_origins, options.cors_allow_credentials)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=options.cors_origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=CORS_EXPOSE,
+            allow_credentials=options.cors_allow_credentials,
+            max_age=600,
+        )
     requests_by_status: dict[int, Any] = {}
 
     async def ingest(scope: Scope, receive: Receive) -> Outcome:

@@ -6,8 +6,10 @@ secret, ports); what only the collector tunes lives here.
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class CollectorConfig(BaseSettings):
@@ -36,3 +38,17 @@ class CollectorConfig(BaseSettings):
     auth_timeout_seconds: float = Field(default=1.0, gt=0)
     # How long "this token is invalid" answers of the auth service are cached.
     invalid_token_cache_seconds: int = Field(default=60, ge=0)
+
+    # CORS: origins whose pages may POST events with fetch (comma-separated, e.g.
+    # "https://cinema.example,https://www.cinema.example", or "*"). Empty: no CORS headers
+    # at all (sendBeacon's text/plain bodies still work from any origin). Credentials
+    # (cookies) stay off unless turned on: the tracker sends its token in the body.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
