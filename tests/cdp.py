@@ -8,6 +8,7 @@ are kept (``events``, ``wait_event``) for the test to look at.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -43,6 +44,7 @@ class Browser:
     def __init__(self, profile: Path, width: int = 1280, height: int = 900) -> None:
         assert CHROMIUM, "Debian's chromium is required (make test installs it)"
         profile.mkdir(parents=True, exist_ok=True)
+        self._stack = contextlib.ExitStack()
         self.proc = subprocess.Popen(
             [
                 CHROMIUM,
@@ -64,8 +66,8 @@ class Browser:
                     raise CdpError("chromium did not open its DevTools port")
                 time.sleep(0.05)
             port, path = port_file.read_text().splitlines()[:2]
-            self.ws: ClientConnection = connect(
-                f"ws://127.0.0.1:{port}{path}", proxy=None, max_size=None, open_timeout=30
+            self.ws: ClientConnection = self._stack.enter_context(
+                connect(f"ws://127.0.0.1:{port}{path}", proxy=None, max_size=None, open_timeout=30)
             )
         except BaseException:
             self.close()
@@ -109,9 +111,7 @@ class Browser:
         return Page(self, target, session["sessionId"])
 
     def close(self) -> None:
-        ws = getattr(self, "ws", None)
-        if ws is not None:
-            ws.close()
+        self._stack.close()
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(10)
