@@ -17,16 +17,23 @@ async function get(url) {
   if (!r.ok) throw new Error(url + " -> " + r.status);
   return r.json();
 }
-function table(el, rows, columns) {
+// Tables show exact numbers (offsets, counts): only fractions are rounded.
+function cell(v) {
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(Math.round(v * 100) / 100);
+  return v === null || v === undefined ? "–" : String(v);
+}
+const esc = s => s.replace(/[<>&"]/g, ch => ({"<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;"}[ch]));
+function table(el, rows, columns, empty) {
   columns = columns || (rows.length ? Object.keys(rows[0]) : []);
-  const head = "<tr>" + columns.map(c => `<th>${c}</th>`).join("") + "</tr>";
-  const body = rows.map(r => "<tr>" + columns.map(c => {
-    let v = r[c]; if (typeof v === "number") v = fmt(v);
-    if (v === null || v === undefined) v = "–";
-    return `<td>${String(v).replace(/[<>&]/g, ch => ({"<": "&lt;", ">": "&gt;", "&": "&amp;"}[ch]))}</td>`;
-  }).join("") + "</tr>").join("");
-  el.innerHTML = head + body;
   el.dataset.rows = rows.length;
+  el.classList.toggle("empty", !rows.length);
+  if (!rows.length) {
+    el.innerHTML = `<tr><td class="empty-state">${esc(empty || "No rows in this range yet")}</td></tr>`;
+    return;
+  }
+  const head = "<tr>" + columns.map(c => `<th>${esc(c)}</th>`).join("") + "</tr>";
+  const body = rows.map(r => "<tr>" + columns.map(c => `<td>${esc(cell(r[c]))}</td>`).join("") + "</tr>").join("");
+  el.innerHTML = head + body;
 }
 const pct = v => (v * 100).toFixed(1) + "%";
 const ts = s => Date.parse(/Z$|[+-]\d\d:\d\d$/.test(s) ? s : s + "Z");
@@ -50,7 +57,7 @@ const loaders = {
     table($("pv-top"), top.map(t => ({page: t.page_id, views: t.views, "unique users": t.unique_users,
       "avg duration s": t.avg_duration_ms / 1000, "bounce rate": pct(t.bounce_rate)})));
     table($("pv-errors"), errors.map(e => ({time: e.error_time, reason: e.error_reason,
-      partition: e.kafka_partition, offset: e.kafka_offset})));
+      partition: e.kafka_partition, offset: e.kafka_offset})), null, "No rejected records");
   },
   async ugc() {
     const q = rangeParams({}, ["start", "end"]);
@@ -84,6 +91,8 @@ const loaders = {
         return get(`/v1/ads/${encodeURIComponent(ad)}/aggregated_count?` + p).then(r => [f.getTime(), r.count]);
       }));
       lineChart($("ad-series"), [{label: ad, points: counts}]);
+    } else {
+      lineChart($("ad-series"), []);
     }
   },
   async telecom() {
@@ -108,12 +117,15 @@ const loaders = {
         lag: p.lag || 0, "sink down": p.sink_down ? "yes" : "no"});
     }
     lastStats = s;
-    table($("pl-table"), rows);
+    table($("pl-table"), rows, null, "No pipeline runs in this process");
     lineChart($("pl-chart"), Object.entries(rateHistory).map(([k, v]) => ({label: k, points: v})));
     table($("pl-metrics"), Object.entries(s.metrics).map(([k, v]) => ({metric: k, value: v})));
-    const dlq = Object.entries(s.recent_dead_letters).flatMap(([k, v]) => v.map(d => ({pipeline: k,
-      time: new Date(d.time * 1000).toISOString().slice(11, 19), reason: d.reason, partition: d.partition, offset: d.offset})));
-    table($("pl-dlq"), dlq.slice(0, 15));
+    // Newest first across pipelines; partition and offset exact, to find the record.
+    const dlq = Object.entries(s.recent_dead_letters).flatMap(([k, v]) => v.map(d => ({pipeline: k, d})))
+      .sort((a, b) => b.d.time - a.d.time).slice(0, 15).map(({pipeline, d}) => ({pipeline,
+        time: new Date(d.time * 1000).toISOString().slice(11, 19), reason: d.reason, topic: d.topic,
+        partition: d.partition, offset: d.offset}));
+    table($("pl-dlq"), dlq, null, "No dead letters");
   },
 };
 
@@ -135,5 +147,7 @@ async function refresh() {
 }
 window.addEventListener("hashchange", () => { showTab(); refresh(); });
 $("range").addEventListener("change", refresh);
+let resizing = 0;  // charts are drawn for the canvas's width: redraw after a resize
+window.addEventListener("resize", () => { clearTimeout(resizing); resizing = setTimeout(refresh, 200); });
 showTab(); refresh();
 setInterval(() => { if (!document.hidden) refresh(); }, REFRESH_MS);
