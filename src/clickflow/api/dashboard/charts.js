@@ -30,7 +30,7 @@ function fmt(v) {
 
 function emptyState(ctx, W, H, canvas, text) {
   canvas.dataset.empty = "1";
-  ctx.fillStyle = MUTE; ctx.textAlign = "center";
+  ctx.fillStyle = MUTE; ctx.textAlign = "center"; ctx.font = "14px system-ui, sans-serif";
   ctx.fillText(text || "No data in this range yet", W / 2, H / 2);
 }
 
