@@ -144,7 +144,7 @@
   // <video>: "ended" is a completion (total: at least 90% of it was played); a new frame
   // height during playback (adaptive streaming) is a quality change.
   function bindVideos() {
-    if (opt("video", "video", true) === false) return;
+    if (String(opt("video", "video", true)) === "false") return;
     d.querySelectorAll("video").forEach(function (v) {
       if (v.cfBound) return;
       v.cfBound = true;
