@@ -204,7 +204,7 @@ def test_a_visit_lands_exactly_once_through_an_outage_and_cors(
         page.click("nav a[href='/demo/category']")  # end(movie #2), start(category)
         page.until(lambda: failed_posts(page) > failures, 20, "a failed POST")
         page.click("#full-link")  # pagehide: end(category), kept in localStorage
-        page.wait_for("location.pathname === '/demo/promotion' && window.clickflow")
+        page.wait_for("location.pathname === '/demo/promotion' && !!window.clickflow")
         page.eval(
             "(() => { document.getElementById('q').value = 'matrix';"
             " document.getElementById('genre').value = 'drama';"
@@ -216,7 +216,7 @@ def test_a_visit_lands_exactly_once_through_an_outage_and_cors(
         assert len(reader.records) == 9, "nothing can arrive while the collector is down"
         col.start()
 
-        reader.wait(15, page)  # + click, end, start, end, start(promotion), search_filter
+        reader.wait(15, page, timeout=60)  # + click, end, start, end, start(promotion), search_filter
         page.navigate("about:blank")  # pagehide: end(promotion)
         records = reader.wait(16, page)
         reader.poll(2.0)  # and nothing more: no retry doubled an event
