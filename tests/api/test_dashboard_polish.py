@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,9 +15,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from clickflow.api import pipelines
 from clickflow.api.app import create_app
 from clickflow.config import Settings
-from clickflow.kafka.consumer import RECENT_DEAD_LETTERS
 from clickflow.migrations import migrate_clickhouse, migrate_postgres
 from clickflow.runtime.ports import free_port
 from clickflow.stores.clickhouse import clickhouse_client
@@ -120,81 +119,76 @@ def only_the_api(page: Page, base: str) -> None:
 
 
 def test_every_tab_empty_then_with_data_at_two_widths(
-    api: str, browser: Browser, settings_full: Settings
+    api: str, browser: Browser, settings_full: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     OUTPUT.mkdir(exist_ok=True)
     page = browser.new_page()
     page.call("Page.addScriptToEvaluateOnNewDocument", {"source": TEXT_PROBE})
-    saved = dict(RECENT_DEAD_LETTERS)
-    RECENT_DEAD_LETTERS.clear()
-    try:
-        for width in WIDTHS:
-            for tab in TABS:
-                open_tab(page, api, tab, width)
-                shown = panels(page, tab)
-                assert shown, tab
-                for p in shown:
-                    # The pipelines tab shows this process's own metrics (other tests may
-                    # have run consumers here): there, data or an empty state.
-                    may_have_data = tab == "pipelines" and p["id"] != "pl-dlq"
-                    assert p["empty"] or (may_have_data and p["rows"] > 0), (
-                        f"{tab}/{p['id']} at {width} px shows no empty state"
-                    )
-                    assert p["width"] >= p["parent"] * 0.9, f"{p['id']} does not fill its panel"
-                    if p["kind"] == "TABLE" and p["empty"]:
-                        assert p["text"].strip().lower().startswith("no "), p
-                check_texts_inside(page, f"{tab} at {width} px (empty)")
-                page.screenshot(OUTPUT / f"dashboard-empty-{tab}-{width}.png", width, 1000)
+    # The dead letters this process remembers (other tests may have made some): none, then ours.
+    letters: dict[str, list[dict]] = {}
+    monkeypatch.setattr(pipelines, "recent_dead_letters", lambda: letters)
+    for width in WIDTHS:
+        for tab in TABS:
+            open_tab(page, api, tab, width)
+            shown = panels(page, tab)
+            assert shown, tab
+            for p in shown:
+                # The pipelines tab shows this process's own metrics (other tests may
+                # have run consumers here): there, data or an empty state.
+                may_have_data = tab == "pipelines" and p["id"] != "pl-dlq"
+                assert p["empty"] or (may_have_data and p["rows"] > 0), (
+                    f"{tab}/{p['id']} at {width} px shows no empty state"
+                )
+                assert p["width"] >= p["parent"] * 0.9, f"{p['id']} does not fill its panel"
+                if p["kind"] == "TABLE" and p["empty"]:
+                    assert p["text"].strip().lower().startswith("no "), p
+            check_texts_inside(page, f"{tab} at {width} px (empty)")
+            page.screenshot(OUTPUT / f"dashboard-empty-{tab}-{width}.png", width, 1000)
 
-        # Data: page views for the last minutes, a rejected record and dead letters with
-        # offsets that a short form would round.
-        now = datetime.now(UTC).replace(microsecond=0)
-        ch = clickhouse_client(settings_full)
-        columns = ["event_time", "page_id", "user_id", "duration_ms", "user_agent"]
-        columns += ["ip_address", "region", "is_bounce", "event_id", "kafka_offset"]
-        columns += ["kafka_partition"]
-        views = [
-            [now - timedelta(minutes=m, seconds=i), f"/movie/{i % 7}", f"u{i}", 1000 + i, "ua"]
-            + ["::1", "eu", i % 3 == 0, f"e{m}-{i}", 1000 * m + i, i % 4]
-            for m in range(1, 12)
-            for i in range(5 + m * 3)
-        ]
-        ch.insert("page_views_raw", views, column_names=columns)
-        ch.insert(
-            "processing_errors",
-            [[now, "{", "malformed JSON", 2345678, 7]],
-            column_names=["error_time", "raw_message", "error_reason"]
-            + ["kafka_offset", "kafka_partition"],
-        )
-        RECENT_DEAD_LETTERS["ugc"] = deque(
-            [
-                {
-                    "time": time.time(),
-                    "reason": "unknown event kind",
-                    "topic": "ugc.events",
-                    "partition": 11,
-                    "offset": 1234567,
-                }
-            ]
-        )
-        for width in WIDTHS:
-            page.call("Runtime.evaluate", {"expression": "window.__texts = []"})
-            open_tab(page, api, "pageviews", width)
-            page.wait_for("Number(document.getElementById('pv-chart').dataset.points) > 5")
-            shown = {p["id"]: p for p in panels(page, "pageviews")}
-            assert not any(p["empty"] for p in shown.values()), shown
-            errors = shown["pv-errors"]["text"]
-            assert "2345678" in errors and "\t7\t" in errors + "\t", errors
-            check_texts_inside(page, f"pageviews at {width} px")
-            page.screenshot(OUTPUT / f"dashboard-pageviews-{width}.png", width, 1000)
+    # Data: page views for the last minutes, a rejected record and dead letters with
+    # offsets that a short form would round.
+    now = datetime.now(UTC).replace(microsecond=0)
+    ch = clickhouse_client(settings_full)
+    columns = ["event_time", "page_id", "user_id", "duration_ms", "user_agent"]
+    columns += ["ip_address", "region", "is_bounce", "event_id", "kafka_offset"]
+    columns += ["kafka_partition"]
+    views = [
+        [now - timedelta(minutes=m, seconds=i), f"/movie/{i % 7}", f"u{i}", 1000 + i, "ua"]
+        + ["::1", "eu", i % 3 == 0, f"e{m}-{i}", 1000 * m + i, i % 4]
+        for m in range(1, 12)
+        for i in range(5 + m * 3)
+    ]
+    ch.insert("page_views_raw", views, column_names=columns)
+    ch.insert(
+        "processing_errors",
+        [[now, "{", "malformed JSON", 2345678, 7]],
+        column_names=["error_time", "raw_message", "error_reason"]
+        + ["kafka_offset", "kafka_partition"],
+    )
+    letters["ugc"] = [
+        {
+            "time": time.time(),
+            "reason": "unknown event kind",
+            "topic": "ugc.events",
+            "partition": 11,
+            "offset": 1234567,
+        }
+    ]
+    for width in WIDTHS:
+        page.call("Runtime.evaluate", {"expression": "window.__texts = []"})
+        open_tab(page, api, "pageviews", width)
+        page.wait_for("Number(document.getElementById('pv-chart').dataset.points) > 5")
+        shown = {p["id"]: p for p in panels(page, "pageviews")}
+        assert not any(p["empty"] for p in shown.values()), shown
+        errors = shown["pv-errors"]["text"]
+        assert "2345678" in errors and "\t7\t" in errors + "\t", errors
+        check_texts_inside(page, f"pageviews at {width} px")
+        page.screenshot(OUTPUT / f"dashboard-pageviews-{width}.png", width, 1000)
 
-            open_tab(page, api, "pipelines", width)
-            dlq = panels(page, "pipelines")
-            dead = next(p for p in dlq if p["id"] == "pl-dlq")
-            assert not dead["empty"] and "1234567" in dead["text"] and "1.2M" not in dead["text"]
-            assert "\t11\t" in dead["text"]
-            page.screenshot(OUTPUT / f"dashboard-pipelines-{width}.png", width, 1000)
-        only_the_api(page, api)
-    finally:
-        RECENT_DEAD_LETTERS.clear()
-        RECENT_DEAD_LETTERS.update(saved)
+        open_tab(page, api, "pipelines", width)
+        dlq = panels(page, "pipelines")
+        dead = next(p for p in dlq if p["id"] == "pl-dlq")
+        assert not dead["empty"] and "1234567" in dead["text"] and "1.2M" not in dead["text"]
+        assert "\t11\t" in dead["text"]
+        page.screenshot(OUTPUT / f"dashboard-pipelines-{width}.png", width, 1000)
+    only_the_api(page, api)

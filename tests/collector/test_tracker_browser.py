@@ -26,8 +26,8 @@ from clickflow.collector.tracker import read
 from clickflow.config import Settings
 from clickflow.domains.ugc.events import UgcRecord
 from clickflow.domains.ugc.pipeline import UgcHandler
+from clickflow.kafka.batch import BatchTrigger
 from clickflow.kafka.config import consumer_config
-from clickflow.kafka.consumer import BatchTrigger
 from clickflow.migrations import migrate_clickhouse
 from clickflow.runtime.ports import free_port
 from clickflow.stores.clickhouse import clickhouse_client
@@ -216,7 +216,8 @@ def test_a_visit_lands_exactly_once_through_an_outage_and_cors(
         assert len(reader.records) == 9, "nothing can arrive while the collector is down"
         col.start()
 
-        reader.wait(15, page, timeout=60)  # + click, end, start, end, start(promotion), search_filter
+        # + click, end, start, end, start(promotion), search_filter
+        reader.wait(15, page, timeout=60)
         page.navigate("about:blank")  # pagehide: end(promotion)
         records = reader.wait(16, page)
         reader.poll(2.0)  # and nothing more: no retry doubled an event
