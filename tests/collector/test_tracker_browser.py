@@ -31,7 +31,7 @@ from clickflow.kafka.config import consumer_config
 from clickflow.migrations import migrate_clickhouse
 from clickflow.runtime.ports import free_port
 from clickflow.stores.clickhouse import clickhouse_client
-from tests.cdp import Browser, Page
+from tests.cdp import Browser, CdpError, Page
 from tests.collector.conftest import JWT_SECRET
 from tests.domains.ugc.helpers import Tracking, run_pipeline, ugc_config
 
@@ -193,7 +193,14 @@ def test_a_visit_lands_exactly_once_through_an_outage_and_cors(
             " q.dispatchEvent(new Event('change')); })()"
         )
         page.click("#play")
-        page.wait_for("document.getElementById('video-state').textContent === 'clip ended'")
+        try:
+            page.wait_for("document.getElementById('video-state').textContent === 'clip ended'", 60)
+        except CdpError:
+            state = "(v => [v.readyState, v.networkState, v.paused, v.currentTime, v.duration,"
+            state += (
+                " v.error && v.error.message, v.played.length])(document.getElementById('clip'))"
+            )
+            raise AssertionError(f"the clip did not end: {page.eval(state)}") from None
         reader.wait(7, page)  # + end, start, quality_change, video_complete
         hide_and_show(browser, page)  # end(movie) by sendBeacon, then start(movie) again
         reader.wait(9, page)
