@@ -32,7 +32,8 @@
   }
 
   var queue = [], inflight = [], timer = 0, attempt = 0, failing = false;
-  try { queue = JSON.parse(localStorage.getItem(STORE)) || []; localStorage.removeItem(STORE); } catch (e) { queue = []; }
+  try { queue = JSON.parse(localStorage.getItem(STORE)); localStorage.removeItem(STORE); } catch (e) { /* none */ }
+  if (!Array.isArray(queue)) queue = [];
 
   function track(kind, data) {
     var ev = {event: kind, event_id: uuid(), data: data || {}}, tok = c.token && c.token();
