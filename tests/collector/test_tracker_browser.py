@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from clickflow.collector.app import create_app
 from clickflow.collector.auth import issue_token
-from clickflow.collector.options import CollectorOptions
+from clickflow.collector.config import CollectorConfig
 from clickflow.collector.tracker import read
 from clickflow.config import Settings
 from clickflow.domains.ugc.events import UgcRecord
@@ -132,7 +132,7 @@ def rsettings(settings: Settings, redis_url: str) -> Settings:
 
 
 def collector(settings: Settings, topic: str, origins: list[str], port: int | None = None):
-    options = CollectorOptions(topic=topic, rate_per_second=0, cors_origins=origins)
+    options = CollectorConfig(topic=topic, rate_per_second=0, cors_origins=origins)
     return Server(lambda: create_app(settings, options), port)
 
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from clickflow.collector.options import CollectorOptions
+from clickflow.collector.config import CollectorConfig
 from tests.collector.conftest import StartCollector
 
 SITE = "http://cinema.example"
@@ -17,9 +17,9 @@ EVENT = {"event": "element_click", "data": {"element_type": "movie", "page_type"
 
 def test_options_read_comma_separated_origins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLICKFLOW_COLLECTOR_CORS_ORIGINS", " http://a.example/ ,http://b:81,")
-    assert CollectorOptions().cors_origins == ["http://a.example", "http://b:81"]
+    assert CollectorConfig().cors_origins == ["http://a.example", "http://b:81"]
     monkeypatch.delenv("CLICKFLOW_COLLECTOR_CORS_ORIGINS")
-    options = CollectorOptions()
+    options = CollectorConfig()
     assert options.cors_origins == [] and options.cors_allow_credentials is False
 
 
