@@ -33,7 +33,7 @@ def up(demo: Annotated[bool, typer.Option(help="also run the traffic generator")
 def serve(
     pipelines: Annotated[bool, typer.Option(help="run the ClickHouse pipelines here")] = True,
 ) -> None:
-    """Query API + dashboard (8000), gRPC (9090) and the ClickHouse pipelines, in one process.
+    """Query API + dashboard (8000), SQL (8123), gRPC (9090) and the ClickHouse pipelines.
 
     chDB allows one process per data directory, so everything that uses the embedded
     ClickHouse runs here; against a ClickHouse server, run pipelines with `process` instead.
@@ -49,8 +49,11 @@ def serve(
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    sql_endpoint = settings.sql_port and not settings.clickhouse_dsn
     try:
         require_free(settings.host, settings.api_port, "the query API", "CLICKFLOW_API_PORT")
+        if sql_endpoint:
+            require_free(settings.host, settings.sql_port, "the SQL endpoint", "CLICKFLOW_SQL_PORT")
     except RuntimeStartError as e:
         raise SystemExit(f"clickflow: {e}") from None
     migrate_clickhouse(settings)
@@ -63,6 +66,12 @@ def serve(
         specs = [s for s in all_pipelines().values() if s.store == "clickhouse"]
         consumers = [build_consumer(settings, s) for s in specs]
         start_in_threads(consumers)
+    sql_server = None
+    if sql_endpoint:
+        from clickflow.api.clickhouse_http import SqlEndpoint
+
+        sql_server = SqlEndpoint(settings)
+        sql_server.start()
     grpc_server = start_domain_services(settings)
     try:
         uvicorn.run(
@@ -73,6 +82,8 @@ def serve(
             c.stop()
         if grpc_server is not None:
             grpc_server.stop(grace=2)
+        if sql_server is not None:
+            sql_server.stop()
 
 
 @app.command()
@@ -188,12 +199,39 @@ def migrate() -> None:
 
 @app.command()
 def sql(query: Annotated[str, typer.Argument(help="a read-only ClickHouse query")]) -> None:
-    """Run a ClickHouse query and print the rows as JSON lines (operators and tests)."""
-    import orjson
+    """Run a ClickHouse query and print the rows as JSON lines (operators and tests).
 
+    Beside a running `serve` (which holds the embedded store) the query goes through its SQL
+    endpoint (CLICKFLOW_SQL_PORT); otherwise the store is opened here."""
+    import orjson
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    from clickflow.api.clickhouse_http import (
+        chdb_directory,
+        chdb_directory_held,
+        endpoint_answers,
+        endpoint_client,
+    )
     from clickflow.stores.clickhouse import clickhouse_client
 
-    result = clickhouse_client(get_settings()).query(query)
+    settings = get_settings()
+    client = None
+    if not settings.clickhouse_dsn:
+        directory = chdb_directory(settings)
+        held = chdb_directory_held(directory)
+        if held or not directory.exists():
+            if endpoint_answers(settings):
+                client = endpoint_client(settings)
+            elif held:
+                raise SystemExit(
+                    f"clickflow: another process (clickflow serve?) holds {directory}, and no "
+                    f"SQL endpoint answers on {settings.host}:{settings.sql_port}: "
+                    "set CLICKFLOW_SQL_PORT to serve's, or stop it"
+                )
+    try:
+        result = (client or clickhouse_client(settings)).query(query)
+    except ClickHouseError as e:  # the server's message is the useful part, not a traceback
+        raise SystemExit(f"clickflow: {type(e).__name__}: {e}") from None
     for row in result.result_rows:
         typer.echo(
             orjson.dumps(dict(zip(result.column_names, row, strict=True)), default=str).decode()

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     generator_port: int = 8002
     auth_port: int = 8003
     grpc_port: int = 9090
+    sql_port: int = 8123  # `serve`'s read-only ClickHouse HTTP interface (0: off)
 
     # Auth / security (secrets only from the environment)
     auth_url: str | None = None
