@@ -49,7 +49,8 @@ def serve(
 
     settings = get_settings()
     setup_logging(settings.log_level)
-    sql_endpoint = settings.sql_port and not settings.clickhouse_dsn
+    # The endpoint is for the embedded store; a ClickHouse server answers HTTP itself.
+    sql_endpoint = bool(settings.sql_port) and settings.clickhouse_url.startswith("chdb:")
     try:
         require_free(settings.host, settings.api_port, "the query API", "CLICKFLOW_API_PORT")
         if sql_endpoint:
@@ -216,7 +217,7 @@ def sql(query: Annotated[str, typer.Argument(help="a read-only ClickHouse query"
 
     settings = get_settings()
     client = None
-    if not settings.clickhouse_dsn:
+    if settings.clickhouse_url.startswith("chdb:"):
         directory = chdb_directory(settings)
         held = chdb_directory_held(directory)
         if held or not directory.exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from clickflow.runtime.ports import free_port
 
-SERVICES = ("api", "collector", "generator", "auth", "grpc", "kafka")
+SERVICES = ("api", "collector", "generator", "auth", "grpc", "kafka", "sql")
 
 
 def up_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
@@ -21,6 +21,7 @@ def up_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
             "CLICKFLOW_GENERATOR_PORT": str(ports["generator"]),
             "CLICKFLOW_AUTH_PORT": str(ports["auth"]),
             "CLICKFLOW_GRPC_PORT": str(ports["grpc"]),
+            "CLICKFLOW_SQL_PORT": str(ports["sql"]),
             "CLICKFLOW_KAFKA_EMBEDDED_PORT": str(ports["kafka"]),
         }
     )

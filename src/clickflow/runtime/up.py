@@ -42,6 +42,8 @@ def check_ports(settings: Settings, demo: bool, embedded_kafka: bool) -> None:
     require_free(h, settings.collector_port, "the collector", "CLICKFLOW_COLLECTOR_PORT")
     require_free(h, settings.auth_port, "the auth service", "CLICKFLOW_AUTH_PORT")
     require_free(h, settings.grpc_port, "the gRPC service", "CLICKFLOW_GRPC_PORT")
+    if settings.sql_port and settings.clickhouse_url.startswith("chdb:"):
+        require_free(h, settings.sql_port, "the SQL endpoint", "CLICKFLOW_SQL_PORT")
     if demo:
         require_free(h, settings.generator_port, "the generator", "CLICKFLOW_GENERATOR_PORT")
 
