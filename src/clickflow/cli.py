@@ -240,12 +240,13 @@ def sql(query: Annotated[str, typer.Argument(help="a read-only ClickHouse query"
 
 
 def _mount_optional() -> None:
-    """Commands that live with their feature: generator, auth, and per-domain apps."""
+    """Commands that live with their feature: generator, auth, Kafka tools, per-domain apps."""
     from importlib import import_module
 
     for module, attr in (
         ("clickflow.generator.cli", "register"),
         ("clickflow.collector.auth", "register"),
+        ("clickflow.kafka.cli", "register"),
     ):
         try:
             mod = import_module(module)
