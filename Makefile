@@ -21,6 +21,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-kcat.sh
 	$(BIN)/pytest -q -m "not chaos"
 
 lint: $(STAMP)

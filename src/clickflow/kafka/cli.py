@@ -35,6 +35,10 @@ SinceOpt = Annotated[
 def register(app: typer.Typer) -> None:
     app.command()(topics)
     app.command()(tail)
+    app.command(
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )(kcat)
     app.add_typer(dlq_app, name="dlq")
 
 
@@ -286,3 +290,23 @@ def _line(m) -> str:
             "value": value,
         }
     ).decode()
+
+
+def kcat(ctx: typer.Context) -> None:
+    """Debian's kcat on the embedded broker: `clickflow kcat -L`, `clickflow kcat -C -t T -e`.
+
+    kcat is run with the newer librdkafka that confluent-kafka bundles (Debian's 2.0.2 cannot
+    read the broker's ApiVersions answer), and with ``-b`` set to CLICKFLOW_KAFKA_BOOTSTRAP
+    unless given."""
+    import os
+    import shutil
+
+    from clickflow.kafka.compat import kcat_environment
+
+    binary = shutil.which("kcat") or shutil.which("kafkacat")
+    if binary is None:
+        raise SystemExit("clickflow: kcat is not installed (Debian: apt-get install kcat)")
+    args = list(ctx.args)
+    if "-b" not in args and not any(a.startswith("-b") and len(a) > 2 for a in args):
+        args = ["-b", get_settings().kafka_bootstrap, *args]
+    os.execve(binary, [binary, *args], kcat_environment(dict(os.environ)))
