@@ -73,12 +73,18 @@ TRANSPORT_PARAMS = frozenset(
         "http_headers_progress_interval_ms",
         "client_protocol_version",
         "buffer_size",
+        # Limits clients send on every query (clickhouse-go, and so Grafana, sends
+        # max_execution_time; Metabase max_result_rows): under readonly = 1 they cannot be
+        # applied, and the endpoint's own limit (MAX_EXECUTION_S) holds anyway.
+        "max_execution_time",
         "max_result_bytes",
         "max_result_rows",
         "result_overflow_mode",
+        "timeout_overflow_mode",
         "readonly",
     }
 )
+MAX_EXECUTION_S = 60
 CONTENT_TYPES = {
     "JSON": "application/json; charset=UTF-8",
     "JSONCompact": "application/json; charset=UTF-8",
@@ -95,13 +101,14 @@ CONTENT_TYPES = {
 }
 # ClickHouse's error codes and the HTTP status its server answers them with.
 READONLY, SYNTAX_ERROR, UNKNOWN_DATABASE, AUTHENTICATION_FAILED = 164, 62, 81, 516
-QUERY_IS_TOO_LARGE = 202
+QUERY_IS_TOO_LARGE, NOT_IMPLEMENTED = 202, 48
 _STATUS = {
     READONLY: 403,
     AUTHENTICATION_FAILED: 401,
     UNKNOWN_DATABASE: 404,
     60: 404,  # UNKNOWN_TABLE
     QUERY_IS_TOO_LARGE: 413,
+    NOT_IMPLEMENTED: 501,
     SYNTAX_ERROR: 400,
     27: 400,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
     43: 400,  # ILLEGAL_TYPE_OF_ARGUMENT
@@ -219,7 +226,7 @@ class ReadOnlyEngine:
 
             conn = chdb.connect(self._path)
             # Set once, for the connection's life: under readonly = 1 neither can be changed.
-            conn.query("SET max_execution_time = 60", "TabSeparated")
+            conn.query(f"SET max_execution_time = {MAX_EXECUTION_S:d}", "TabSeparated")
             conn.query("SET readonly = 1", "TabSeparated")
             self._local.conn = conn
             self._local.database = None
@@ -344,6 +351,14 @@ def create_sql_app(settings: Settings, engine: ReadOnlyEngine) -> FastAPI:
             QUERIES.labels("rejected").inc()
             name = unknown[0][:64]
             return _error(READONLY, f"Cannot modify '{name}' setting in readonly mode", qid)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            QUERIES.labels("rejected").inc()
+            return _error(
+                NOT_IMPLEMENTED,
+                "Compressed request bodies are not supported: send the query as it is",
+                qid,
+            )
         body = await request.body()
         sql = "\n".join(part for part in (query, body.decode("utf-8", "replace")) if part)
         if len(sql.encode()) > MAX_QUERY_BYTES:
