@@ -139,6 +139,7 @@ def _get(served: Served, query: str, **kw) -> httpx.Response:
         "WITH 1 AS x SELECT x",
         "/* hi */ SHOW TABLES",
         "-- c\nDESCRIBE page_views_raw",
+        "# c; still a comment\nSELECT 1",
         "EXPLAIN SELECT 1",
         "SELECT ';' AS semi, 'INSERT' AS word",
     ],
@@ -153,6 +154,7 @@ def test_read_statements_pass_the_check(sql: str) -> None:
         "INSERT INTO t VALUES (1)",
         "/* SELECT */ DROP TABLE t",
         "SELECT 1; DROP TABLE t",
+        "SELECT 1 #; DROP TABLE t",  # "#" starts a comment only before a space or "!"
         "SELECT 1 INTO OUTFILE 'x.csv'",
         "SET readonly = 0",
         "SYSTEM STOP MERGES",

@@ -138,11 +138,12 @@ class QueryRejected(Exception):
 # -- statement checks ------------------------------------------------------------------------
 
 # One token: a comment, a string, a quoted identifier, a word, or any other character.
-# ClickHouse comments are --, # and /* */ (nested); strings take '' and \' escapes.
+# ClickHouse's comments are --, "# " or "#!" to the line end, and /* */; strings take '' and
+# \' escapes. Any ";" outside them ends a statement, and chDB runs every statement it gets.
 _TOKEN = re.compile(
     r"""
     (?P<space>\s+)
-  | (?P<comment>--[^\n]*|\#[^\n]*|/\*.*?\*/)
+  | (?P<comment>--[^\n]*|\#[ !][^\n]*|/\*.*?\*/)
   | (?P<string>'(?:[^'\\]|\\.|'')*')
   | (?P<quoted>"(?:[^"\\]|\\.|"")*"|`(?:[^`\\]|\\.|``)*`)
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
