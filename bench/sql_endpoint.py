@@ -64,7 +64,7 @@ def load_history(bootstrap: str, events: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--history", type=int, default=200_000, help="page views over 7 days")
+    ap.add_argument("--history", type=int, default=100_000, help="page views over 7 days")
     ap.add_argument("--queries", type=int, default=500)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="clickflow-sql-"))
@@ -90,11 +90,11 @@ def main() -> None:
             time.sleep(0.5)
         client = clickhouse_connect.get_client(host="127.0.0.1", port=ports["sql"])
         load_history(f"127.0.0.1:{ports['kafka']}", args.history)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900
         count = "SELECT count() FROM page_views_raw WHERE page_id LIKE '/history/%'"
         while client.command(count) < args.history:
             if time.monotonic() > deadline:
-                raise SystemExit("the history was not stored within 5 minutes")
+                raise SystemExit("the history was not stored within 15 minutes")
             time.sleep(1)
         days = client.query(ROLLUP).result_rows
         times = []
