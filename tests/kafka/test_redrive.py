@@ -19,8 +19,10 @@ from confluent_kafka import Producer
 from clickflow.config import Settings
 from clickflow.domains.pageviews import events
 from clickflow.domains.pageviews.pipeline import PageViewHandler
+from clickflow.exactly_once.intent_log import ClickHouseIntentLog
+from clickflow.kafka.batch import BatchTrigger, Delivery
 from clickflow.kafka.config import consumer_config, producer_config
-from clickflow.kafka.consumer import BatchConsumer, BatchTrigger, Delivery
+from clickflow.kafka.consumer import BatchConsumer
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.redrive import (
     REDRIVE_HEADER,
@@ -31,7 +33,7 @@ from clickflow.kafka.redrive import (
 )
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from clickflow.migrations import migrate_clickhouse
-from clickflow.stores.clickhouse import ClickHouseIntentLog, clickhouse_client
+from clickflow.stores.clickhouse import clickhouse_client
 
 FUTURE, BAD_IP, GOOD = 6, 3, 5
 
