@@ -251,7 +251,6 @@ class ReadOnlyEngine:
             "written_rows": "0",
             "written_bytes": "0",
             "total_rows_to_read": str(result.rows_read()),
-            "result_rows": "0",
             "result_bytes": str(len(body)),
             "elapsed_ns": str(int(result.elapsed() * 1e9)),
         }
