@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=100_000, help="page views over 7 days")
     ap.add_argument("--queries", type=int, default=500)
     args = ap.parse_args()
+    # A SIGTERM (a time limit) still runs the clean-up below: `up` must not outlive us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{Path(__file__).name}: terminated"))
     tmp = Path(tempfile.mkdtemp(prefix="clickflow-sql-"))
     env, ports = up_env(tmp)
     up = subprocess.Popen(
