@@ -123,4 +123,8 @@ def _wait_ready(settings: Settings, sup: Supervisor, timeout: float = 60.0) -> N
                     )
                 time.sleep(0.3)
             console.print(f"[green]✓[/] {name}: {url}  (docs: {url}/docs)")
+    if settings.sql_port and settings.clickhouse_url.startswith("chdb:"):
+        # `serve` starts it before its query API, so it answers once the API does.
+        sql = f"http://{settings.host}:{settings.sql_port}"
+        console.print(f"[green]✓[/] SQL (ClickHouse HTTP, read-only): {sql}  (docs: {sql}/docs)")
     console.print(f"[bold]clickflow is up.[/] Logs in {sup.log_dir}. Ctrl-C stops everything.")
