@@ -42,7 +42,9 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_failing_assignment_callback_restarts_the_pipeline(settings: Settings, topic: str) -> None:
+def test_a_failing_assignment_callback_restarts_the_pipeline(
+    settings: Settings, topic: str
+) -> None:
     sink = MemorySink()
     intents = FailingIntentLog(fail_times=1)
     built: list[BatchConsumer] = []
