@@ -11,6 +11,7 @@ import typer
 from clickflow.config import get_settings
 from clickflow.domains import DOMAINS, domain_module
 from clickflow.logs import setup_logging
+from clickflow.observability import tracing
 
 app = typer.Typer(
     help="clickflow: real-time event analytics.",
@@ -49,6 +50,7 @@ def serve(
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    tracing.setup("serve")
     try:
         require_free(settings.host, settings.api_port, "the query API", "CLICKFLOW_API_PORT")
     except RuntimeStartError as e:
@@ -86,6 +88,7 @@ def collect() -> None:
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    tracing.setup("collector")
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -121,6 +124,7 @@ def process(
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    tracing.setup("process")
     specs = all_pipelines()
     unknown = [n for n in names if n not in specs]
     if unknown:

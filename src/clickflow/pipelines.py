@@ -20,6 +20,7 @@ from clickflow.kafka.consumer import BatchConsumer
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from clickflow.logs import log_fields
+from clickflow.observability import tracing
 
 log = logging.getLogger("clickflow.pipelines")
 
@@ -68,7 +69,7 @@ def build_consumer(
     return BatchConsumer(
         name=spec.name,
         topics=[t.name for t in spec.topics],
-        handler=spec.build_handler(settings, opts),
+        handler=tracing.traced(spec.name, spec.build_handler(settings, opts)),
         consumer_conf=consumer_config(settings, group),
         dlq_producer=EventProducer(producer_config(settings, **{"linger.ms": 1})),
         trigger=opts.trigger,

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from opentelemetry.trace import SpanKind
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
@@ -42,6 +43,7 @@ from clickflow.health import dependency_checks, health_router
 from clickflow.kafka.config import producer_config
 from clickflow.kafka.exceptions import KafkaUnavailable
 from clickflow.kafka.topics import TopicSpec, ensure_topics
+from clickflow.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +264,19 @@ def create_app(settings: Settings | None = None, options: CollectorConfig | None
             return error_outcome(e)
 
     async def handle_events(scope: Scope, receive: Receive) -> Outcome | None:
+        if tracing.ENABLED:
+            return await traced_handle_events(scope, receive)
+        return await _handle_events(scope, receive)
+
+    async def traced_handle_events(scope: Scope, receive: Receive) -> Outcome | None:
+        parent = tracing.context_from_http(dict(scope["headers"]))
+        attributes = {"http.request.method": "POST", "http.route": EVENTS_PATH}
+        with tracing.span(f"POST {EVENTS_PATH}", SpanKind.SERVER, attributes, parent) as span:
+            outcome = await _handle_events(scope, receive)
+            span.set_attribute("http.response.status_code", outcome.status if outcome else 499)
+            return outcome
+
+    async def _handle_events(scope: Scope, receive: Receive) -> Outcome | None:
         started = time.perf_counter()
         status = 500
         try:

@@ -15,6 +15,9 @@ from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
+from opentelemetry.trace import SpanKind
+
+from clickflow.observability import tracing
 
 NOT_ACKNOWLEDGED = "no acknowledgement from Kafka in time"
 
@@ -57,9 +60,27 @@ class KafkaPublisher:
         it, else why it is not stored. Waits at most ``timeout`` seconds (then every record
         not acknowledged yet counts as failed — it may still land: clients retry with the
         same event_id, and consumers deduplicate on it)."""
+        if tracing.ENABLED:  # one span per request; its context goes in every record's headers
+            attributes = {
+                "messaging.system": "kafka",
+                "messaging.destination.name": topic,
+                "messaging.batch.message_count": len(records),
+            }
+            with tracing.span(f"publish {topic}", SpanKind.PRODUCER, attributes):
+                return await self._publish(topic, records, tracing.record_headers())
+        return await self._publish(topic, records, None)
+
+    async def _publish(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        headers: list[tuple[str, bytes]] | None,
+    ) -> list[str | None]:
         loop = asyncio.get_running_loop()
         pending = _Pending(len(records), loop.create_future(), self)
         produce, delivered = self._producer.produce, pending.delivered
+        if headers is not None:
+            produce = partial(produce, headers=headers)
         for i, (key, value) in enumerate(records):
             try:
                 produce(topic, value, key, on_delivery=partial(delivered, i))
