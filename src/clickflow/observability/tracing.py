@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextvars
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -112,9 +112,7 @@ def record_headers() -> list[tuple[str, bytes]]:
     return [(k, v.encode()) for k, v in carrier.items()]
 
 
-def _record_context(headers: list[tuple[str, bytes | None]] | None) -> trace.SpanContext | None:
-    if not headers:
-        return None
+def _record_context(headers: list[tuple[str, bytes | None]]) -> trace.SpanContext | None:
     carrier = {k: v.decode("latin-1") for k, v in headers if k in HEADERS and isinstance(v, bytes)}
     if "traceparent" not in carrier:
         return None
@@ -125,11 +123,18 @@ def _record_context(headers: list[tuple[str, bytes | None]] | None) -> trace.Spa
 def start_batch_span(pipeline: str, messages: Iterable[Message], count: int) -> trace.Span:
     """The span of one pipeline batch: child of its first traced record, linked to the rest."""
     contexts: list[trace.SpanContext] = []
-    seen: set[tuple[int, int]] = set()
+    seen: set[bytes] = set()
     for m in messages:
-        sc = _record_context(m.headers())
-        if sc is not None and (sc.trace_id, sc.span_id) not in seen:
-            seen.add((sc.trace_id, sc.span_id))
+        headers = m.headers()
+        if not headers:
+            continue
+        # The records of one request share their headers: parse each distinct one once.
+        raw = next((v for k, v in headers if k == "traceparent"), None)
+        if not isinstance(raw, bytes) or raw in seen:
+            continue
+        seen.add(raw)
+        sc = _record_context(headers)
+        if sc is not None:
             contexts.append(sc)
             if len(contexts) > MAX_LINKS:
                 break
@@ -141,16 +146,6 @@ def start_batch_span(pipeline: str, messages: Iterable[Message], count: int) -> 
         {"clickflow.pipeline": pipeline, "messaging.batch.message_count": count},
         links=[trace.Link(sc) for sc in contexts[1:]],
     )
-
-
-@contextmanager
-def active(s: trace.Span | None) -> Iterator[None]:
-    """Make ``s`` current (no-op for None)."""
-    if s is None:
-        yield
-        return
-    with trace.use_span(s, end_on_exit=False, record_exception=False):
-        yield
 
 
 def bind(fn: Callable[..., T]) -> Callable[..., T]:
