@@ -14,12 +14,13 @@ from opentelemetry.trace import SpanKind
 
 from clickflow.config import Settings
 from clickflow.domains.ugc.pipeline import UgcHandler
-from clickflow.kafka.consumer import BatchTrigger, Delivery
+from clickflow.exactly_once.intent_log import ClickHouseIntentLog
+from clickflow.kafka.batch import BatchTrigger, Delivery
 from clickflow.kafka.topics import TopicSpec
 from clickflow.migrations import migrate_clickhouse
 from clickflow.observability import tracing
 from clickflow.pipelines import PipelineOptions, PipelineSpec, build_consumer
-from clickflow.stores.clickhouse import ClickHouseIntentLog, clickhouse_client
+from clickflow.stores.clickhouse import clickhouse_client
 
 from ..domains.ugc.helpers import ugc_config
 from .conftest import StartCollector, read_raw

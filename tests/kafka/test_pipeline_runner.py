@@ -10,7 +10,8 @@ from collections.abc import Callable
 from prometheus_client import REGISTRY
 
 from clickflow.config import Settings
-from clickflow.kafka.consumer import Batch, BatchConsumer, BatchTrigger, Delivery
+from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
+from clickflow.kafka.consumer import BatchConsumer
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.pipelines import PipelineRunner
 
