@@ -120,3 +120,39 @@ def test_health_is_red_when_records_wait_and_nothing_commits(
         sink.release.set()
         runner.stop()
         runner.join(30)
+
+
+def test_serve_health_and_metrics_show_a_dying_pipeline(settings: Settings, topic: str) -> None:
+    """`serve` passes its runners' checks to the query API: a pipeline that keeps dying turns
+    /healthz red (naming it and why) and its restarts are counted in /metrics."""
+    from fastapi.testclient import TestClient
+
+    from clickflow.api.app import create_app
+    from clickflow.pipelines import runner_checks
+
+    def build() -> BatchConsumer:
+        return make_consumer(
+            settings,
+            topic,
+            MemorySink(),
+            BatchTrigger(max_records=100, max_seconds=0.3),
+            delivery=Delivery.EXACTLY_ONCE,
+            intent_log=FailingIntentLog(fail_times=1),  # every new consumer fails once
+        )
+
+    name = f"test-{topic}"
+    runner = PipelineRunner(name, build, backoff_initial=30).start()
+    try:
+        with TestClient(create_app(settings, checks=runner_checks([runner]))) as client:
+            wait_for(lambda: runner.restarts >= 1, 60, "the consumer to die")
+            r = client.get("/healthz")
+            assert r.status_code == 503
+            why = r.json()["dependencies"][f"pipeline:{name}"]
+            assert why.startswith("restarting after: ConnectionError: intent log unreachable")
+            metrics = client.get("/metrics").text
+            assert f'clickflow_pipeline_restarts_total{{pipeline="{name}"}}' in metrics
+            assert f'clickflow_pipeline_up{{pipeline="{name}"}} 0.0' in metrics
+    finally:
+        runner.stop()
+        runner.join(30)
+    assert not runner.thread.is_alive()
