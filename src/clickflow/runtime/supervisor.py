@@ -183,7 +183,7 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 def _own_health_problem(url: str) -> str | None:
     """None when healthy; else why: "unreachable" or the failing ``pipeline:*`` checks."""
     try:
-        r = httpx.get(url, timeout=3)
+        r = httpx.get(url, timeout=5)
     except httpx.HTTPError:
         return "unreachable"
     if r.status_code == 200:
