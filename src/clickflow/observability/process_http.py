@@ -47,19 +47,19 @@ class ProcessHttp:
         self.thread.join(timeout=5)
 
 
-def choose_port(settings: Settings) -> int:
-    if "process_port" in settings.model_fields_set:
-        require_free(settings.host, settings.process_port, "`process`", "CLICKFLOW_PROCESS_PORT")
-        return settings.process_port
-    if port_is_free(settings.host, settings.process_port):
-        return settings.process_port
-    return free_port(settings.host)
+def choose_port(host: str, port: int, explicit: bool) -> int:
+    """``port`` when free; else fail if it was configured, or take an ephemeral one."""
+    if explicit:
+        require_free(host, port, "`process`", "CLICKFLOW_PROCESS_PORT")
+        return port
+    return port if port_is_free(host, port) else free_port(host)
 
 
 def start_process_http(
     settings: Settings, names: list[str], checks: dict[str, Check], timeout: float = 30.0
 ) -> ProcessHttp:
-    port = choose_port(settings)
+    explicit = "process_port" in settings.model_fields_set
+    port = choose_port(settings.host, settings.process_port, explicit)
     config = uvicorn.Config(
         create_process_app(settings, names, checks),
         host=settings.host,
