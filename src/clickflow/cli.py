@@ -11,7 +11,6 @@ import typer
 from clickflow.config import get_settings
 from clickflow.domains import DOMAINS, domain_module
 from clickflow.logs import setup_logging
-from clickflow.observability import tracing
 
 app = typer.Typer(
     help="clickflow: real-time event analytics.",
@@ -50,6 +49,8 @@ def serve(
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    from clickflow.observability import tracing
+
     tracing.setup("serve")
     try:
         require_free(settings.host, settings.api_port, "the query API", "CLICKFLOW_API_PORT")
@@ -88,6 +89,8 @@ def collect() -> None:
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    from clickflow.observability import tracing
+
     tracing.setup("collector")
     uvicorn.run(
         create_app(settings),
@@ -124,6 +127,8 @@ def process(
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    from clickflow.observability import tracing
+
     tracing.setup("process")
     specs = all_pipelines()
     unknown = [n for n in names if n not in specs]

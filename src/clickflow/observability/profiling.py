@@ -106,10 +106,8 @@ async def profile(
     idle: Annotated[bool, Query(description="also sample threads that wait")] = False,
 ) -> Response:
     settings = _settings(request)
-    if not settings.profiling:
-        raise _error(404, "CLICKFLOW_PROFILING", "profiling is off: set CLICKFLOW_PROFILING=1")
     expected = settings.api_token
-    if expected:
+    if expected:  # first: whether profiling is on is not told to strangers
         given = credentials.credentials if credentials else ""
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise _error(
@@ -118,6 +116,8 @@ async def profile(
                 "missing or invalid bearer token",
                 **{"WWW-Authenticate": "Bearer"},
             )
+    if not settings.profiling:
+        raise _error(404, "CLICKFLOW_PROFILING", "profiling is off: set CLICKFLOW_PROFILING=1")
     if _busy.locked():
         raise _error(409, "seconds", "another profile is being taken in this process")
     async with _busy:

@@ -106,6 +106,11 @@ def test_profile_is_off_unless_enabled_and_needs_the_token(settings: Settings) -
         r = off.get("/debug/profile", params={"seconds": 1})
         assert r.status_code == 404
         assert r.json()["detail"]["field"] == "CLICKFLOW_PROFILING"
+    with _app(settings.model_copy(update={"profiling": False, "api_token": TOKEN})) as off:
+        assert off.get("/debug/profile", params={"seconds": 1}).status_code == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        r = off.get("/debug/profile", params={"seconds": 1}, headers=auth)
+        assert r.status_code == 404
     on = settings.model_copy(update={"profiling": True, "api_token": TOKEN})
     with _app(on) as client:
         assert client.get("/debug/profile", params={"seconds": 1}).status_code == 401
