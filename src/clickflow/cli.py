@@ -179,6 +179,7 @@ def process(
         while not stopping.wait(0.5):
             pass
     finally:
+        http.stop(wait=False)  # winds down while the pipelines finish their batches
         for r in runners:
             r.stop()
         for r in runners:

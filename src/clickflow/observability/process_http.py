@@ -42,9 +42,10 @@ class ProcessHttp:
     thread: threading.Thread
     port: int
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=5)
+        if wait:
+            self.thread.join(timeout=5)
 
 
 def choose_port(host: str, port: int, explicit: bool) -> int:
