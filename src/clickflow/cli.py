@@ -43,7 +43,7 @@ def serve(
     from clickflow.api.app import create_app
     from clickflow.grpc_services import start_domain_services
     from clickflow.migrations import migrate_clickhouse
-    from clickflow.pipelines import all_pipelines, build_consumer, start_in_threads
+    from clickflow.pipelines import all_pipelines, runner_checks, start_runners
     from clickflow.runtime.exceptions import RuntimeStartError
     from clickflow.runtime.ports import require_free
 
@@ -51,6 +51,9 @@ def serve(
     setup_logging(settings.log_level)
     # The endpoint is for the embedded store; a ClickHouse server answers HTTP itself.
     sql_endpoint = bool(settings.sql_port) and settings.clickhouse_url.startswith("chdb:")
+    from clickflow.observability import tracing
+
+    tracing.setup("serve")
     try:
         require_free(settings.host, settings.api_port, "the query API", "CLICKFLOW_API_PORT")
         if sql_endpoint:
@@ -62,11 +65,10 @@ def serve(
         from clickflow.migrations import migrate_postgres
 
         migrate_postgres(settings)
-    consumers = []
+    runners = []
     if pipelines:
         specs = [s for s in all_pipelines().values() if s.store == "clickhouse"]
-        consumers = [build_consumer(settings, s) for s in specs]
-        start_in_threads(consumers)
+        runners = start_runners(settings, [(s, None) for s in specs])
     sql_server = None
     if sql_endpoint:
         from clickflow.api.clickhouse_http import SqlEndpoint
@@ -76,11 +78,14 @@ def serve(
     grpc_server = start_domain_services(settings)
     try:
         uvicorn.run(
-            create_app(settings), host=settings.host, port=settings.api_port, log_level="warning"
+            create_app(settings, checks=runner_checks(runners)),
+            host=settings.host,
+            port=settings.api_port,
+            log_level="warning",
         )
     finally:
-        for c in consumers:
-            c.stop()
+        for r in runners:
+            r.stop()
         if grpc_server is not None:
             grpc_server.stop(grace=2)
         if sql_server is not None:
@@ -96,6 +101,9 @@ def collect() -> None:
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    from clickflow.observability import tracing
+
+    tracing.setup("collector")
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -118,13 +126,22 @@ def process(
     ] = None,
     group: Annotated[str | None, typer.Option(help="consumer group id")] = None,
 ) -> None:
-    """Run pipelines in this process until SIGINT/SIGTERM (then finish the batch and commit)."""
+    """Run pipelines in this process until SIGINT/SIGTERM (then finish the batch and commit).
+
+    Serves /healthz, /metrics (and /debug/profile when enabled) on CLICKFLOW_PROCESS_PORT."""
+    import threading
+
     from clickflow.kafka.batch import BatchTrigger, Delivery
     from clickflow.migrations import migrate_clickhouse, migrate_postgres
-    from clickflow.pipelines import PipelineOptions, all_pipelines, build_consumer
+    from clickflow.observability.process_http import start_process_http
+    from clickflow.pipelines import PipelineOptions, all_pipelines, runner_checks, start_runners
+    from clickflow.runtime.exceptions import RuntimeStartError
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    from clickflow.observability import tracing
+
+    tracing.setup("process")
     specs = all_pipelines()
     unknown = [n for n in names if n not in specs]
     if unknown:
@@ -156,23 +173,30 @@ def process(
         migrate_clickhouse(settings)
     if any(specs[n].store == "postgres" for n in names):
         migrate_postgres(settings)
-    consumers = [build_consumer(settings, specs[n], options(n)) for n in names]
+    stopping = threading.Event()
 
     def _stop(_sig: int, _frame: object) -> None:
-        for c in consumers:
-            c.stop()
+        stopping.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    if len(consumers) == 1:
-        consumers[0].run()
-        return
-    from clickflow.pipelines import start_in_threads
-
-    threads = start_in_threads(consumers)
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(timeout=0.5)
+    runners = start_runners(settings, [(specs[n], options(n)) for n in names])
+    try:
+        http = start_process_http(settings, names, runner_checks(runners))
+    except RuntimeStartError as e:
+        for r in runners:
+            r.stop()
+        raise SystemExit(f"clickflow: {e}") from None
+    try:
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        http.stop(wait=False)  # winds down while the pipelines finish their batches
+        for r in runners:
+            r.stop()
+        for r in runners:
+            r.join()
+        http.stop()
 
 
 @app.command()

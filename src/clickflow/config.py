@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     auth_port: int = 8003
     grpc_port: int = 9090
     sql_port: int = 8123  # `serve`'s read-only ClickHouse HTTP interface (0: off)
+    # `clickflow process`: /metrics, /healthz (`up` gives each process its own, from here up)
+    process_port: int = 8010
+
+    # Operations
+    pipeline_stall_seconds: float = 120.0  # health turns red: records pending, nothing committed
+    unhealthy_restart_seconds: float = 60.0  # `up` restarts a process red this long
+    profiling: bool = False  # GET /debug/profile on every service (token-protected)
 
     # Auth / security (secrets only from the environment)
     auth_url: str | None = None

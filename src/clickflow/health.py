@@ -1,4 +1,4 @@
-"""`GET /healthz` and `GET /metrics`, shared by every HTTP service."""
+"""`GET /healthz`, `GET /metrics` and `GET /debug/profile`, shared by every HTTP service."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from clickflow.config import Settings
 from clickflow.kafka.topics import kafka_reachable
+from clickflow.observability import profiling
 
 Check = Callable[[], str]
 
@@ -45,4 +46,5 @@ def health_router(service: str, checks: dict[str, Check]) -> APIRouter:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    router.include_router(profiling.router)  # every service: off unless CLICKFLOW_PROFILING=1
     return router

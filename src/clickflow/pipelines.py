@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
+
+from prometheus_client import Counter, Gauge
 
 from clickflow.config import Settings
 from clickflow.domains import DOMAINS, domain_module
@@ -15,6 +19,8 @@ from clickflow.kafka.config import consumer_config, producer_config
 from clickflow.kafka.consumer import BatchConsumer
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
+from clickflow.logs import log_fields
+from clickflow.observability import tracing
 
 log = logging.getLogger("clickflow.pipelines")
 
@@ -63,7 +69,7 @@ def build_consumer(
     return BatchConsumer(
         name=spec.name,
         topics=[t.name for t in spec.topics],
-        handler=spec.build_handler(settings, opts),
+        handler=tracing.traced(spec.name, spec.build_handler(settings, opts)),
         consumer_conf=consumer_config(settings, group),
         dlq_producer=EventProducer(producer_config(settings, **{"linger.ms": 1})),
         trigger=opts.trigger,
@@ -72,10 +78,131 @@ def build_consumer(
     )
 
 
-def start_in_threads(consumers: list[BatchConsumer]) -> list[threading.Thread]:
-    threads = []
-    for c in consumers:
-        t = threading.Thread(target=c.run, name=f"pipeline-{c.name}", daemon=True)
-        t.start()
-        threads.append(t)
-    return threads
+PIPELINE_RESTARTS = Counter(
+    "clickflow_pipeline_restarts",
+    "Pipeline consumers restarted after their thread died (an exception escaped the loop)",
+    ["pipeline"],
+)
+PIPELINE_UP = Gauge("clickflow_pipeline_up", "1 while the pipeline's consumer runs", ["pipeline"])
+
+
+class PipelineRunner:
+    """One pipeline's consumer in a thread, rebuilt and restarted with backoff when it dies.
+
+    A consumer's loop ends with an exception when something outside the handler's retries
+    fails, e.g. the assignment callback (``committed()`` timing out, the intent log's
+    ``pending()`` failing). The consumer and its handler are built anew from ``build`` (the
+    old ones may hold half-done state); the new consumer resumes from the committed offsets.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        build: Callable[[], BatchConsumer],
+        stall_seconds: float = 120.0,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.name = name
+        self._build = build
+        self.stall_seconds = stall_seconds
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.restarts = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        # Built here, so a configuration error fails the start instead of a thread.
+        self.consumer: BatchConsumer | None = build()
+        self.thread = threading.Thread(target=self._run, name=f"pipeline-{name}", daemon=True)
+
+    def start(self) -> PipelineRunner:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.consumer is not None:
+            self.consumer.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        delay = self.backoff_initial
+        while not self._stop.is_set():
+            consumer = self.consumer
+            started = time.monotonic()
+            try:
+                if consumer is None:
+                    consumer = self.consumer = self._build()
+                    if self._stop.is_set():
+                        consumer.stop()
+                PIPELINE_UP.labels(self.name).set(1)
+                consumer.run()
+                if self._stop.is_set() or consumer.stopping:
+                    return
+                self.last_error = "the consumer loop returned without being stopped"
+            except Exception as e:
+                self.last_error = f"{type(e).__name__}: {e}"[:500]
+            finally:
+                PIPELINE_UP.labels(self.name).set(0)
+            self.consumer = None
+            _close_handler(consumer)
+            if time.monotonic() - started > 10 * self.backoff_max:
+                delay = self.backoff_initial  # it ran fine for a long while: start over
+            self.restarts += 1
+            PIPELINE_RESTARTS.labels(self.name).inc()
+            log.error(
+                "pipeline died; restarting",
+                extra=log_fields(
+                    pipeline=self.name, error=self.last_error, restart_in_s=round(delay, 2)
+                ),
+            )
+            if self._stop.wait(delay):
+                return
+            delay = min(self.backoff_max, delay * 2)
+
+    def health(self) -> str:
+        """ "ok", or why not: dead, waiting to restart, or stalled with records pending."""
+        if self._stop.is_set():
+            return "ok"
+        if not self.thread.is_alive():
+            return f"dead: {self.last_error or 'not started'}"
+        consumer = self.consumer
+        if consumer is None:
+            return f"restarting after: {self.last_error}"
+        idle = time.monotonic() - consumer.progress_at
+        if idle > self.stall_seconds:
+            return f"stalled: records pending and nothing committed for {idle:.0f} s"
+        return "ok"
+
+
+def _close_handler(consumer: BatchConsumer | None) -> None:
+    close = getattr(consumer.handler, "close", None) if consumer is not None else None
+    if callable(close):
+        try:
+            close()
+        except Exception as e:
+            log.warning("handler close failed", extra=log_fields(error=str(e)[:300]))
+
+
+def start_runners(
+    settings: Settings, specs: list[tuple[PipelineSpec, PipelineOptions | None]]
+) -> list[PipelineRunner]:
+    """Build and start one supervised consumer thread per pipeline."""
+    runners = [
+        PipelineRunner(
+            spec.name,
+            functools.partial(build_consumer, settings, spec, opts),
+            stall_seconds=settings.pipeline_stall_seconds,
+        )
+        for spec, opts in specs
+    ]
+    for r in runners:
+        r.start()
+    return runners
+
+
+def runner_checks(runners: list[PipelineRunner]) -> dict[str, Callable[[], str]]:
+    """Health checks, one per pipeline, for :func:`clickflow.health.health_router`."""
+    return {f"pipeline:{r.name}": r.health for r in runners}

@@ -39,6 +39,21 @@ def test_up_serves_health_and_stops_cleanly(tmp_path: Path) -> None:
                 except httpx.HTTPError:
                     pass
             time.sleep(0.5)
+        # Each pipeline process serves its own health and metrics, on the ports listed.
+        for port in (ports["process"], ports["process"] + 1):
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                    if r.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f"process on {port} not healthy"
+                time.sleep(0.5)
+            assert r.json()["service"] == "process"
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            assert "clickflow_pipeline_up{" in metrics
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 5
 

@@ -7,10 +7,11 @@ from fastapi import FastAPI
 from clickflow.api import dashboard, pipelines
 from clickflow.config import Settings, get_settings
 from clickflow.domains import DOMAINS, domain_module
-from clickflow.health import dependency_checks, health_router
+from clickflow.health import Check, dependency_checks, health_router
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, checks: dict[str, Check] | None = None) -> FastAPI:
+    """``checks``: more health checks (the pipelines `serve` runs) beside the dependencies'."""
     settings = settings or get_settings()
     app = FastAPI(
         title="clickflow query API",
@@ -23,7 +24,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         uses.append("redis")
     if settings.postgres_url:
         uses.append("postgres")
-    app.include_router(health_router("api", dependency_checks(settings, uses)))
+    app.include_router(
+        health_router("api", {**dependency_checks(settings, uses), **(checks or {})})
+    )
     for domain in DOMAINS:
         mod = domain_module(domain, "api")
         if mod is not None and hasattr(mod, "router"):

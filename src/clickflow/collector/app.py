@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from opentelemetry.trace import SpanKind
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
@@ -42,6 +43,7 @@ from clickflow.health import dependency_checks, health_router
 from clickflow.kafka.config import producer_config
 from clickflow.kafka.exceptions import KafkaUnavailable
 from clickflow.kafka.topics import TopicSpec, ensure_topics
+from clickflow.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -278,11 +280,21 @@ def create_app(settings: Settings | None = None, options: CollectorConfig | None
             counter.inc()
             LATENCY.observe(time.perf_counter() - started)
 
-    app.events_handler = handle_events
+    async def traced_handle_events(scope: Scope, receive: Receive) -> Outcome | None:
+        """The same, in a server span continuing the caller's ``traceparent`` if any."""
+        parent = tracing.context_from_http(dict(scope["headers"]))
+        attributes = {"http.request.method": "POST", "http.route": EVENTS_PATH}
+        with tracing.span(f"POST {EVENTS_PATH}", SpanKind.SERVER, attributes, parent) as span:
+            outcome = await handle_events(scope, receive)
+            span.set_attribute("http.response.status_code", outcome.status if outcome else 499)
+            return outcome
+
+    # Chosen once: with tracing off, requests never see it.
+    app.events_handler = traced_handle_events if tracing.ENABLED else handle_events
 
     @app.post(EVENTS_PATH, tags=["events"], **EVENTS_OPENAPI)
     async def post_events(request: Request) -> Response:
-        outcome = await handle_events(request.scope, request.receive)
+        outcome = await app.events_handler(request.scope, request.receive)
         if outcome is None:
             return Response(status_code=499)
         return Response(

@@ -15,6 +15,9 @@ from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
+from opentelemetry.trace import SpanKind
+
+from clickflow.observability import tracing
 
 NOT_ACKNOWLEDGED = "no acknowledgement from Kafka in time"
 
@@ -52,14 +55,23 @@ class KafkaPublisher:
         self.in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
 
-    async def publish(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> list[str | None]:
+    async def publish(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> list[str | None]:
         """Produce ``(key, value)`` records; per record ``None`` when the broker acknowledged
         it, else why it is not stored. Waits at most ``timeout`` seconds (then every record
         not acknowledged yet counts as failed — it may still land: clients retry with the
         same event_id, and consumers deduplicate on it)."""
+        if tracing.ENABLED and headers is None:
+            return await self._traced_publish(topic, records)
         loop = asyncio.get_running_loop()
         pending = _Pending(len(records), loop.create_future(), self)
         produce, delivered = self._producer.produce, pending.delivered
+        if headers is not None:
+            produce = partial(produce, headers=headers)
         for i, (key, value) in enumerate(records):
             try:
                 produce(topic, value, key, on_delivery=partial(delivered, i))
@@ -74,6 +86,18 @@ class KafkaPublisher:
             return await asyncio.wait_for(asyncio.shield(pending.future), self._timeout)
         except TimeoutError:
             return list(pending.errors)
+
+    async def _traced_publish(
+        self, topic: str, records: Sequence[tuple[bytes, bytes]]
+    ) -> list[str | None]:
+        """One span per request; its context goes in every record's headers."""
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.batch.message_count": len(records),
+        }
+        with tracing.span(f"publish {topic}", SpanKind.PRODUCER, attributes):
+            return await self.publish(topic, records, tracing.record_headers())
 
     def _poll(self, loop: asyncio.AbstractEventLoop) -> None:
         self._producer.poll(0)  # runs the delivery callbacks that are due, here

@@ -126,6 +126,8 @@ class BatchConsumer:
         # The partitions paused while the handler is failing (None while it is not).
         self._paused: list[KafkaTopicPartition] | None = None
         self._pipelined = callable(getattr(self.handler, "submit", None))
+        #: Last commit, or last loop turn with nothing pending: health's "is it progressing".
+        self.progress_at = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -222,6 +224,8 @@ class BatchConsumer:
         last_flush = time.monotonic()
         new_since_flush = 0
         while not self._stop.is_set():
+            if not (self._buffer or self._held or self._in_flight):
+                self.progress_at = time.monotonic()
             timeout = 0.1
             if max_seconds is not None:
                 timeout = max(0.0, min(timeout, last_flush + max_seconds - time.monotonic()))
@@ -383,6 +387,7 @@ class BatchConsumer:
     ) -> None:
         """The batch is written and its dead letters sent: commit and count it."""
         self._commit(consumer, chunks)
+        self.progress_at = time.monotonic()
         n = len(batch)
         self.stats.batches += 1
         self.stats.dead_letters += len(letters)

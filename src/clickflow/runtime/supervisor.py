@@ -3,6 +3,11 @@
 Children run in their own process groups; on Ctrl-C/SIGTERM each group gets SIGTERM, then
 SIGKILL after a grace period, so nothing is left behind. A child that dies is restarted with
 backoff (a crashed consumer must come back: it resumes from its committed offsets).
+
+A child with a ``health_url`` is also restarted when its own work stays stuck: its /healthz
+answers 503 with a ``pipeline:*`` check not "ok" (a pipeline stalled with records pending,
+or dead) for ``unhealthy_after`` seconds, or it stops answering after it once did. A red
+dependency alone (Kafka or a store down) does not restart it: that would not help.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from clickflow.logs import log_fields
 
@@ -30,6 +37,12 @@ class Child:
     proc: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
+    health_url: str | None = None  # e.g. http://127.0.0.1:8010/healthz
+    health_restarts: int = 0
+    started_at: float = 0.0
+    answered: bool = False  # its /healthz answered since it started
+    red_since: float | None = None
+    next_probe: float = 0.0
 
 
 @dataclass
@@ -38,6 +51,10 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     externals: list[tuple[str, subprocess.Popen, int]] = field(default_factory=list)
     stopping: bool = False
+    health_interval: float = 5.0
+    unhealthy_after: float = 60.0
+    #: Seconds a child may take to answer its first /healthz before silence counts as red.
+    start_grace: float = 120.0
 
     def adopt(self, name: str, proc: subprocess.Popen, stop_signal: int = signal.SIGTERM) -> None:
         """Track an already started process (embedded servers) so it is stopped with us.
@@ -52,6 +69,8 @@ class Supervisor:
         child.proc = subprocess.Popen(
             child.argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+        child.started_at = child.next_probe = time.monotonic()
+        child.answered, child.red_since = False, None
         log.info("started", extra=log_fields(service=child.name, pid=child.proc.pid))
 
     def add(self, child: Child) -> None:
@@ -64,6 +83,9 @@ class Supervisor:
             if child.proc is None or child.proc.poll() is None:
                 if child.proc is None and now >= child.next_start:
                     self.spawn(child)
+                elif child.proc is not None and child.health_url and now >= child.next_probe:
+                    child.next_probe = now + self.health_interval
+                    self._probe(child, now)
                 continue
             code = child.proc.returncode
             child.proc = None
@@ -79,6 +101,43 @@ class Supervisor:
         for name, proc, _sig in self.externals:
             if proc.poll() is not None and not self.stopping:
                 raise SystemExit(f"clickflow: embedded {name} exited (code {proc.returncode})")
+
+    def _probe(self, child: Child, now: float) -> None:
+        """Restart ``child`` (a SIGTERM, then SIGKILL) once its health stayed red too long."""
+        assert child.health_url is not None and child.proc is not None
+        why = _own_health_problem(child.health_url)
+        if why is None:
+            child.answered, child.red_since = True, None
+            return
+        if (
+            why == "unreachable"
+            and not child.answered
+            and now - child.started_at < self.start_grace
+        ):
+            return
+        if child.red_since is None:
+            child.red_since = now
+            log.warning("child unhealthy", extra=log_fields(service=child.name, reason=why))
+        if now - child.red_since < self.unhealthy_after:
+            return
+        child.health_restarts += 1
+        log.error(
+            "child unhealthy too long; restarting it",
+            extra=log_fields(
+                service=child.name,
+                reason=why,
+                red_for_s=round(now - child.red_since, 1),
+                health_restarts=child.health_restarts,
+            ),
+        )
+        proc = child.proc
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+        # check() sees the exit and restarts it with the usual backoff.
 
     def run_forever(self) -> None:
         def _stop(signum: int, _frame: object) -> None:
@@ -119,3 +178,19 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _own_health_problem(url: str) -> str | None:
+    """None when healthy; else why: "unreachable" or the failing ``pipeline:*`` checks."""
+    try:
+        r = httpx.get(url, timeout=5)
+    except httpx.HTTPError:
+        return "unreachable"
+    if r.status_code == 200:
+        return None
+    try:
+        deps = r.json().get("dependencies", {})
+    except ValueError:
+        return f"HTTP {r.status_code}"
+    own = {k: v for k, v in deps.items() if k.startswith("pipeline:") and v != "ok"}
+    return "; ".join(f"{k}: {v}" for k, v in own.items()) or None

@@ -29,6 +29,18 @@ def _cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "clickflow", *args]
 
 
+def process_children(settings: Settings) -> list[tuple[str, int]]:
+    """The pipelines `up` runs as `clickflow process` (PostgreSQL ones; the ClickHouse ones
+    run inside `serve`, chDB's one process per directory) and each one's HTTP port."""
+    names = []
+    for domain in DOMAINS:
+        mod = domain_module(domain, "pipeline")
+        for spec in getattr(mod, "PIPELINES", []) if mod else []:
+            if spec.store == "postgres":
+                names.append(spec.name)
+    return [(name, settings.process_port + i) for i, name in enumerate(names)]
+
+
 def check_ports(settings: Settings, demo: bool, embedded_kafka: bool) -> None:
     h = settings.host
     if embedded_kafka:
@@ -46,6 +58,8 @@ def check_ports(settings: Settings, demo: bool, embedded_kafka: bool) -> None:
         require_free(h, settings.sql_port, "the SQL endpoint", "CLICKFLOW_SQL_PORT")
     if demo:
         require_free(h, settings.generator_port, "the generator", "CLICKFLOW_GENERATOR_PORT")
+    for name, port in process_children(settings):
+        require_free(h, port, f"`process {name}`", "CLICKFLOW_PROCESS_PORT (the first one)")
 
 
 def up(settings: Settings, demo: bool) -> None:
@@ -56,7 +70,7 @@ def up(settings: Settings, demo: bool) -> None:
         raise SystemExit(f"clickflow: {e}") from None
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
-    sup = Supervisor(log_dir=data / "logs")
+    sup = Supervisor(log_dir=data / "logs", unhealthy_after=settings.unhealthy_restart_seconds)
     env = {"CLICKFLOW_DATA_DIR": str(data)}
     try:
         with console.status("starting embedded servers..."):
@@ -82,14 +96,15 @@ def up(settings: Settings, demo: bool) -> None:
             console.print(f"[green]✓[/] ClickHouse at {settings.clickhouse_url}")
         if not settings.auth_url:
             env["CLICKFLOW_AUTH_URL"] = f"http://{settings.host}:{settings.auth_port}"
-        sup.add(Child("serve", _cmd("serve"), env))
+        h = settings.host
+        api_health = f"http://{h}:{settings.api_port}/healthz"
+        sup.add(Child("serve", _cmd("serve"), env, health_url=api_health))
         sup.add(Child("collector", _cmd("collect"), env))
         sup.add(Child("auth", _cmd("auth"), env))
-        for domain in DOMAINS:
-            mod = domain_module(domain, "pipeline")
-            for spec in getattr(mod, "PIPELINES", []) if mod else []:
-                if spec.store == "postgres":
-                    sup.add(Child(f"process-{spec.name}", _cmd("process", spec.name), env))
+        for name, port in process_children(settings):
+            penv = {**env, "CLICKFLOW_PROCESS_PORT": str(port)}
+            health = f"http://{h}:{port}/healthz"
+            sup.add(Child(f"process-{name}", _cmd("process", name), penv, health_url=health))
         if demo:
             sup.add(Child("generator", _cmd("generate", "--demo", "--quiet"), env))
         _wait_ready(settings, sup)
@@ -107,6 +122,8 @@ def _wait_ready(settings: Settings, sup: Supervisor, timeout: float = 60.0) -> N
         "query API + dashboard": f"http://{settings.host}:{settings.api_port}",
         "collector": f"http://{settings.host}:{settings.collector_port}",
     }
+    for name, port in process_children(settings):
+        urls[f"process {name} (health, metrics)"] = f"http://{settings.host}:{port}"
     deadline = time.monotonic() + timeout
     with console.status("waiting for services to answer /healthz..."):
         for name, url in urls.items():

@@ -28,7 +28,7 @@ from clickflow.domains.telecom.queries import (
     queries_for,
 )
 from clickflow.domains.telecom.ratelimit import REJECTED
-from clickflow.grpc_services import listen, new_server
+from clickflow.grpc_services import ServingServer, listen, new_server
 
 
 def _ts(text: str, default: datetime) -> datetime:
@@ -131,6 +131,11 @@ class TelecomUsageService(pb_grpc.TelecomUsageServicer):
         return agg_message(d)
 
 
+#: The full names of the services ``register`` adds (health checks and reflection list them).
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TelecomUsage"].full_name
+SERVICE_NAMES = (SERVICE_NAME,)
+
+
 def register(server: grpc.Server, settings: Settings) -> bool:
     """The ``grpc_server.py`` convention: add the service to the shared server when these
     settings have PostgreSQL (the telecom store); False otherwise."""
@@ -141,11 +146,11 @@ def register(server: grpc.Server, settings: Settings) -> bool:
     return True
 
 
-def start_server(settings: Settings, port: int | None = None) -> grpc.Server:
-    """This service alone on ``settings.host:settings.grpc_port`` (or ``port``); returns it."""
+def start_server(settings: Settings, port: int | None = None) -> ServingServer:
+    """This service alone on ``settings.host:settings.grpc_port`` (or ``port``), with health
+    and reflection; returns it."""
     server = new_server()
     pb_grpc.add_TelecomUsageServicer_to_server(
         TelecomUsageService(settings, queries_for(settings)), server
     )
-    listen(server, settings, port)
-    return server
+    return listen(server, settings, port, SERVICE_NAMES)

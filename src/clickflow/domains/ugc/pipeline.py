@@ -34,6 +34,7 @@ from clickflow.kafka.batch import Batch, Chunk, Delivery
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.logs import log_fields
+from clickflow.observability import tracing
 from clickflow.pipelines import PipelineOptions, PipelineSpec
 from clickflow.stores.clickhouse import clickhouse_client
 from clickflow.stores.redis import redis_client
@@ -262,9 +263,10 @@ class UgcHandler:
         return letters
 
     def _insert(self, table: str, rows: list[dict], token: str) -> None:
-        insert_chunk(
-            clickhouse_client(self.settings), table, _json_lines(rows), token, fmt="JSONEachRow"
-        )
+        with tracing.store_span("clickhouse", table, len(rows)):
+            insert_chunk(
+                clickhouse_client(self.settings), table, _json_lines(rows), token, fmt="JSONEachRow"
+            )
 
     # -- orphans ------------------------------------------------------------------------------
 

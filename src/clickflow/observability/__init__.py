@@ -1,0 +1,1 @@
+"""Operating clickflow: the `process` HTTP endpoint, profiling and tracing."""

@@ -1,0 +1,126 @@
+"""`GET /debug/profile`: a py-spy profile of a busy `clickflow process` shows the pipeline's
+functions; off unless enabled; behind the API token."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import orjson
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from clickflow.config import Settings
+from clickflow.health import health_router
+from clickflow.kafka.topics import TopicSpec, ensure_topics
+from clickflow.runtime.ports import free_port
+
+from .conftest import make_events
+from .test_pipeline import count, produce
+from .test_process_health import ingest_cmd, process_env
+
+TOKEN = "profile-token-\x00-'; DROP"  # any text; compared, never spliced
+
+
+def frames(profile: dict) -> set[tuple[str, str]]:
+    return {(f["name"], f.get("file") or "") for f in profile["shared"]["frames"]}
+
+
+def test_profile_of_a_busy_pipeline_shows_its_functions(
+    tc_settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    ensure_topics(tc_settings.kafka_bootstrap, [TopicSpec(topic, 4)])
+    port = free_port()
+    token = "s3cret"
+    env = process_env(
+        tc_settings, topic, tmp_path, port, CLICKFLOW_PROFILING="1", CLICKFLOW_API_TOKEN=token
+    )
+    events = make_events(30000, datetime(2031, 4, 1, tzinfo=UTC), timedelta(days=3), users=50)
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "process.log", "ab")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        ingest_cmd(topic, records=500),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "process.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "process not healthy"
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/debug/profile?seconds=1", timeout=10).status_code == 401
+        produce(tc_settings, topic, [(e["user_id"].encode(), orjson.dumps(e)) for e in events])
+        auth = {"Authorization": f"Bearer {token}"}
+        r = httpx.get(f"{url}/debug/profile", params={"seconds": 3}, headers=auth, timeout=90)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/json"
+        stored = count(tc_settings, "SELECT count(*) FROM telecom.events_raw")
+        assert stored < len(events), "the pipeline was idle while profiled"
+        profile = r.json()
+        assert profile["$schema"].startswith("https://www.speedscope.app/")
+        seen = frames(profile)
+        consumer = {n for n, f in seen if f.endswith("clickflow/kafka/consumer.py")}
+        assert "BatchConsumer._loop" in consumer, consumer
+        telecom = {n.rsplit(".", 1)[-1] for n, f in seen if "clickflow/domains/telecom/" in f}
+        assert telecom & {"handle", "decode_batch", "write", "_copy_stage"}, telecom
+        assert len(profile["profiles"]) >= 2  # one per thread: the pipeline's and the HTTP one
+
+        svg = httpx.get(
+            f"{url}/debug/profile",
+            params={"seconds": 1, "format": "flamegraph"},
+            headers=auth,
+            timeout=60,
+        )
+        assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+        assert svg.text.lstrip().startswith("<?xml") and "<svg" in svg.text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _app(settings: Settings) -> TestClient:
+    app = FastAPI()
+    app.state.settings = settings
+    app.include_router(health_router("test", {}))
+    return TestClient(app)
+
+
+def test_profile_is_off_unless_enabled_and_needs_the_token(settings: Settings) -> None:
+    with _app(settings.model_copy(update={"profiling": False})) as off:
+        r = off.get("/debug/profile", params={"seconds": 1})
+        assert r.status_code == 404
+        assert r.json()["detail"]["field"] == "CLICKFLOW_PROFILING"
+    with _app(settings.model_copy(update={"profiling": False, "api_token": TOKEN})) as off:
+        assert off.get("/debug/profile", params={"seconds": 1}).status_code == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        r = off.get("/debug/profile", params={"seconds": 1}, headers=auth)
+        assert r.status_code == 404
+    on = settings.model_copy(update={"profiling": True, "api_token": TOKEN})
+    with _app(on) as client:
+        assert client.get("/debug/profile", params={"seconds": 1}).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.get("/debug/profile", params={"seconds": 1}, headers=wrong).status_code == 401
+        assert client.get("/debug/profile", params={"seconds": 9999}).status_code == 422
+        ok = client.get(
+            "/debug/profile",
+            params={"seconds": 1, "idle": True},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert ok.status_code == 200, ok.text
+        assert "test_profile_is_off_unless_enabled" in ok.text  # this test's own frame, idle

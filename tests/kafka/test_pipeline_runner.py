@@ -1,0 +1,158 @@
+"""Pipeline threads on the real broker: a consumer that dies is rebuilt and restarted with
+backoff and counted; health turns red while it is down or stalled with records pending."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import REGISTRY
+
+from clickflow.config import Settings
+from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
+from clickflow.kafka.consumer import BatchConsumer
+from clickflow.kafka.dlq import DeadLetter
+from clickflow.pipelines import PipelineRunner
+
+from .test_batch_consumer import MemoryIntentLog, MemorySink, make_consumer, produce, records
+
+
+class FailingIntentLog(MemoryIntentLog):
+    """``pending()`` (called from the assignment callback) fails the first ``fail_times``."""
+
+    def __init__(self, fail_times: int) -> None:
+        super().__init__()
+        self.fail_times = fail_times
+
+    def pending(self, group, topic, partition, from_offset):
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise ConnectionError("intent log unreachable")
+        return super().pending(group, topic, partition, from_offset)
+
+
+def restarts(name: str) -> float:
+    return REGISTRY.get_sample_value("clickflow_pipeline_restarts_total", {"pipeline": name}) or 0
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_failing_assignment_callback_restarts_the_pipeline(
+    settings: Settings, topic: str
+) -> None:
+    sink = MemorySink()
+    intents = FailingIntentLog(fail_times=1)
+    built: list[BatchConsumer] = []
+
+    def build() -> BatchConsumer:
+        c = make_consumer(
+            settings,
+            topic,
+            sink,
+            BatchTrigger(max_records=100, max_seconds=0.3),
+            delivery=Delivery.EXACTLY_ONCE,
+            intent_log=intents,
+        )
+        built.append(c)
+        return c
+
+    name = f"test-{topic}"
+    before = restarts(name)
+    produce(settings, topic, records(500))
+    runner = PipelineRunner(name, build, stall_seconds=30, backoff_initial=1.5).start()
+    try:
+        # The first consumer dies in on_assign; while it waits to restart, health is red.
+        wait_for(lambda: runner.restarts >= 1, 60, "the first consumer to die")
+        assert "ConnectionError: intent log unreachable" in (runner.last_error or "")
+        health = runner.health()
+        assert health.startswith("restarting after: ConnectionError"), health
+        assert restarts(name) == before + 1
+        # The rebuilt consumer takes over and everything arrives.
+        wait_for(lambda: sorted(set(sink.rows)) == list(range(500)), 60, "all records")
+        assert len(built) == 2 and built[0] is not built[1]
+        assert runner.thread.is_alive()
+        assert runner.health() == "ok"
+        assert runner.restarts == 1
+    finally:
+        runner.stop()
+        runner.join(30)
+    assert not runner.thread.is_alive()
+
+
+class StuckSink(MemorySink):
+    """A handler that hangs (a deadlock, a write that never returns) until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def handle(self, batch: Batch) -> list[DeadLetter]:
+        self.in_handle.set()
+        self.release.wait()
+        return super().handle(batch)
+
+
+def test_health_is_red_when_records_wait_and_nothing_commits(
+    settings: Settings, topic: str
+) -> None:
+    sink = StuckSink()
+    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=50, max_seconds=0.2))
+    runner = PipelineRunner(f"test-{topic}", lambda: consumer, stall_seconds=1.5).start()
+    try:
+        wait_for(consumer.ready.is_set, 60, "the assignment")
+        time.sleep(2.0)  # idle longer than the stall window: no work, so healthy
+        assert runner.health() == "ok"
+        produce(settings, topic, records(20))
+        wait_for(sink.in_handle.is_set, 30, "the handler to be called")
+        wait_for(lambda: runner.health() != "ok", 10, "health to turn red")
+        assert runner.health().startswith("stalled: records pending"), runner.health()
+        sink.release.set()
+        wait_for(lambda: len(sink.rows) == 20, 30, "the batch to be written")
+        wait_for(lambda: runner.health() == "ok", 10, "health to turn green again")
+        assert runner.restarts == 0
+    finally:
+        sink.release.set()
+        runner.stop()
+        runner.join(30)
+
+
+def test_serve_health_and_metrics_show_a_dying_pipeline(settings: Settings, topic: str) -> None:
+    """`serve` passes its runners' checks to the query API: a pipeline that keeps dying turns
+    /healthz red (naming it and why) and its restarts are counted in /metrics."""
+    from fastapi.testclient import TestClient
+
+    from clickflow.api.app import create_app
+    from clickflow.pipelines import runner_checks
+
+    def build() -> BatchConsumer:
+        return make_consumer(
+            settings,
+            topic,
+            MemorySink(),
+            BatchTrigger(max_records=100, max_seconds=0.3),
+            delivery=Delivery.EXACTLY_ONCE,
+            intent_log=FailingIntentLog(fail_times=1),  # every new consumer fails once
+        )
+
+    name = f"test-{topic}"
+    runner = PipelineRunner(name, build, backoff_initial=30).start()
+    try:
+        with TestClient(create_app(settings, checks=runner_checks([runner]))) as client:
+            wait_for(lambda: runner.restarts >= 1, 60, "the consumer to die")
+            r = client.get("/healthz")
+            assert r.status_code == 503
+            why = r.json()["dependencies"][f"pipeline:{name}"]
+            assert why.startswith("restarting after: ConnectionError: intent log unreachable")
+            metrics = client.get("/metrics").text
+            assert f'clickflow_pipeline_restarts_total{{pipeline="{name}"}}' in metrics
+            assert f'clickflow_pipeline_up{{pipeline="{name}"}} 0.0' in metrics
+    finally:
+        runner.stop()
+        runner.join(30)
+    assert not runner.thread.is_alive()
