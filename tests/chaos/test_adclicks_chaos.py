@@ -14,7 +14,7 @@ import pytest
 
 from clickflow.config import Settings
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
-from tests.domains.adclicks.streams import make_stream
+from tests.domains.adclicks.support import make_stream
 
 from .harness import (
     PROFILES,

@@ -19,7 +19,7 @@ from clickflow.generator.modes import RateModel
 from clickflow.generator.options import GeneratorOptions, Mix
 from clickflow.generator.truth import read_truth
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
-from tests.domains.pageviews.truth import (
+from tests.domains.pageviews.support import (
     ROLLUP_SQL,
     as_comparable,
     expected_rollups,

@@ -20,7 +20,7 @@ from clickflow.generator.modes import RateModel
 from clickflow.generator.options import GeneratorOptions, Mix
 from clickflow.generator.truth import read_truth
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
-from tests.domains.telecom.conftest import Truth, expected_aggregates, raw_keys, read_aggregates
+from tests.domains.telecom.support import Truth, expected_aggregates, raw_keys, read_aggregates
 
 from .harness import (
     PROFILES,

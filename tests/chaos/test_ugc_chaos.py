@@ -25,7 +25,7 @@ from clickflow.config import Settings
 from clickflow.domains.ugc.traffic import UgcEventFactory
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from clickflow.runtime.ports import free_port, wait_for_port
-from tests.domains.ugc.helpers import PAGE_VIEW_SQL, expected_page_views
+from tests.domains.ugc.support import PAGE_VIEW_SQL, expected_page_views
 
 from .harness import (
     PROFILES,

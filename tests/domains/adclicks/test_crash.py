@@ -24,7 +24,7 @@ from clickflow.config import Settings
 from clickflow.kafka.config import consumer_config
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 
-from .streams import make_stream, produce
+from .support import make_stream, produce
 
 READER = """
 import orjson

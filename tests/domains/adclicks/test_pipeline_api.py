@@ -26,7 +26,7 @@ from clickflow.migrations import migrate_clickhouse
 from clickflow.pipelines import PipelineOptions, build_consumer
 from clickflow.stores.clickhouse import clickhouse_client
 
-from .streams import MINUTE_MS, make_stream, produce
+from .support import MINUTE_MS, make_stream, produce
 
 
 def _iso(ms: int) -> str:

@@ -17,8 +17,7 @@ from clickflow.config import Settings
 from clickflow.generator.truth import read_truth
 from clickflow.kafka.config import consumer_config
 
-from .test_pipeline import generate
-from .truth import ROLLUP_SQL, as_comparable, expected_rollups, rows_to_comparable
+from .support import ROLLUP_SQL, as_comparable, expected_rollups, generate, rows_to_comparable
 
 
 def _env(settings: Settings, topic: str, data: Path) -> dict[str, str]:

@@ -27,7 +27,7 @@ from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from clickflow.pipelines import PipelineOptions, build_consumer
 
-from .conftest import (
+from .support import (
     Truth,
     expected_aggregates,
     make_events,

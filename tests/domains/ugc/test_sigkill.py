@@ -24,7 +24,7 @@ from clickflow.domains.ugc.traffic import UgcEventFactory
 from clickflow.kafka.config import consumer_config
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 
-from .helpers import BASE_TS, PAGE_VIEW_SQL, expected_page_views, log_order, produce
+from .support import BASE_TS, PAGE_VIEW_SQL, expected_page_views, log_order, produce
 
 READ_BACK = """
 import json, sys
