@@ -25,8 +25,8 @@ from fastapi.testclient import TestClient
 
 from clickflow.config import Settings
 from clickflow.domains.pageviews import api
+from clickflow.kafka.batch import BatchTrigger
 from clickflow.kafka.config import producer_config
-from clickflow.kafka.consumer import BatchTrigger
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from clickflow.migrations import migrate_clickhouse
