@@ -25,7 +25,7 @@ def read_back(settings: Settings, topic: str, n: int) -> list:
     c = Consumer(consumer_config(settings, f"rb-{topic}-{time.time()}"))
     c.subscribe([topic])
     out: list = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # generous: a busy machine
     while len(out) < n and time.monotonic() < deadline:
         out += [m for m in c.consume(1000, 0.5) if m.error() is None]
     c.close()

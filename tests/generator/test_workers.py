@@ -49,7 +49,7 @@ def on_broker(bootstrap: str, topic: str, wanted: set[tuple[int, int]]) -> dict:
     c = Consumer(consumer_config(Settings(kafka_bootstrap=bootstrap), f"rb-{topic}-{time.time()}"))
     c.subscribe([topic])
     found: dict[tuple[int, int], str] = {}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # generous: a busy machine
     while not wanted <= found.keys() and time.monotonic() < deadline:
         for m in c.consume(5000, 0.5):
             if m.error() is None:
@@ -63,7 +63,7 @@ def generated_per_worker(pool: WorkerPool) -> list[tuple[int, int]]:
     return [(r.stats.generated, r.stats.broken) if r else (0, 0) for r in pool.reports]
 
 
-def wait_until(condition, timeout: float = 30.0) -> None:
+def wait_until(condition, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
