@@ -18,6 +18,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from clickflow.config import Settings
@@ -55,6 +56,8 @@ def _wait_committed(watcher, topic, proc, target: int, timeout: float) -> int:
     raise AssertionError(f"only {done}/{target} records committed in {timeout}s")
 
 
+# Several `clickflow process` starts, each a minute on a busy machine.
+@pytest.mark.timeout(900)
 def test_sigkill_mid_stream_loses_and_double_counts_nothing(
     base_settings: Settings, tmp_path: Path
 ) -> None:

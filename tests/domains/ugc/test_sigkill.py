@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from clickflow.config import Settings
@@ -48,6 +49,8 @@ def committed(settings: Settings, topic: str, group: str) -> int:
     return sum(max(0, tp.offset) for tp in tps)
 
 
+# Several `clickflow process` starts, each a minute on a busy machine.
+@pytest.mark.timeout(900)
 def test_sigkill_in_the_middle_of_pairing_neither_loses_nor_duplicates(
     settings: Settings, redis_url: str, topic: str, tmp_path: Path
 ) -> None:
