@@ -94,7 +94,7 @@ def test_pipelines_store_dedup_dlq_and_aggregate_exactly(tc_settings: Settings, 
             120,
             "both groups to consume everything",
         )
-        wait_for(lambda: ingest.stats.commits and agg.stats.commits, 10, "commits")
+        wait_for(lambda: ingest.stats.commits and agg.stats.commits, 60, "commits")
     finally:
         ingest.stop()
         agg.stop()
@@ -124,7 +124,7 @@ def test_pipelines_store_dedup_dlq_and_aggregate_exactly(tc_settings: Settings, 
     replay = consumer_for(tc_settings, "telecom-aggregate", topic, f"replay-{topic}")
     t = threading.Thread(target=replay.run, daemon=True)
     t.start()
-    wait_for(lambda: replay.stats.records >= len(records), 30, "the replay")
+    wait_for(lambda: replay.stats.records >= len(records), 120, "the replay")
     replay.stop()
     t.join(20)
     assert read_aggregates(tc_settings) == expected_aggregates(truth)
