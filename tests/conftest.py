@@ -5,6 +5,10 @@
 * ClickHouse: chDB in a temporary directory (CLICKFLOW_TEST_CLICKHOUSE_DSN for a server).
   chDB allows one data directory per process: every in-process test shares this one and
   isolates itself with its own database (the ``ch_database`` fixture).
+
+No process outlives the session: pytest adopts orphans (tests/processes.py), processes
+started with ``tests.processes.spawn`` are stopped at the end, and any other descendant still
+alive then is killed and fails the run.
 """
 
 from __future__ import annotations
@@ -21,17 +25,37 @@ import pytest
 from clickflow.config import Settings
 from clickflow.runtime.broker import start_broker
 from clickflow.runtime.ports import free_port
+from tests import processes
 
 
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    processes.stop_tree(proc, sig, timeout=10)
+
+
+def pytest_configure(config: pytest.Config) -> None:  # noqa: ARG001
+    processes.become_subreaper()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_started_processes() -> Iterator[None]:
+    """Set up first, so torn down last: after every other session fixture stopped its server."""
+    yield
+    processes.stop_all()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:  # noqa: ARG001
+    """Fail the run if a process started by a test is still alive (and kill it)."""
+    left = processes.leftovers()
+    if not left:
+        return
+    lines = [processes.describe(p) for p in left]
+    processes.kill_tree(left)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "processes left running by the tests (now killed)", red=True)
+        for line in lines:
+            reporter.write_line(line)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

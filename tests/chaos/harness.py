@@ -29,6 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from clickflow.config import Settings
 from clickflow.kafka.config import consumer_config, producer_config
 from clickflow.kafka.producer import EventProducer
+from clickflow.kafka.topics import dlq_topic
 
 
 @dataclass(frozen=True)
@@ -410,3 +411,61 @@ def wait_until(cond: Callable[[], bool], proc: PipelineProcess, timeout: float, 
         proc.check()
         assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{proc.tail()}"
         time.sleep(0.2)
+
+
+# -- one pipeline's set-up (see the chaos_setup fixture) ---------------------------------
+
+
+@dataclass
+class ChaosSetup:
+    """One pipeline under fire: its topic and DLQ (created), the environment of its
+    processes, the servers it needs. Everything started through it is stopped at teardown,
+    whatever the test did."""
+
+    settings: Settings
+    report: Report
+    topic: str
+    partitions: int
+    env: dict[str, str]
+    tmp: Path
+    started: float = field(default_factory=time.monotonic)
+    _stops: list[Callable[[], object]] = field(default_factory=list)
+
+    @property
+    def dlq(self) -> str:
+        return dlq_topic(self.topic)
+
+    def redis(self) -> RedisServer:
+        """A Redis that can be stopped and restarted; the pipeline's environment points at it."""
+        server = RedisServer(self.tmp)
+        self._stops.append(server.stop)
+        server.start()
+        self.env["CLICKFLOW_REDIS_URL"] = server.url
+        return server
+
+    def postgres(self) -> PostgresServer:
+        server = PostgresServer()
+        self._stops.append(server.remove)
+        server.start()
+        self.env["CLICKFLOW_POSTGRES_URL"] = server.url
+        return server
+
+    def pipeline(self, names: list[str], *flags: str) -> PipelineProcess:
+        proc = PipelineProcess(names, self.env, self.tmp / "process.log", *flags)
+        self._stops.append(proc.stop)
+        return proc
+
+    def dead_letters(self) -> Counter:
+        return dlq_sources(self.settings, self.dlq, self.partitions)
+
+    def record(self) -> None:
+        """Adds the report (with its duration) to the session's chaos table."""
+        self.report.seconds = time.monotonic() - self.started
+        RESULTS.append(self.report)
+
+    def close(self) -> None:
+        for stop in reversed(self._stops):
+            stop()
+
+
+MakeSetup = Callable[..., ChaosSetup]  # the chaos_setup fixture

@@ -5,30 +5,22 @@ counted once in the raw table and in the minute aggregates; the DLQ holds the br
 from __future__ import annotations
 
 import random
-import time
-import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from clickflow.config import Settings
-from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
-from tests.domains.adclicks.streams import make_stream
+from tests.domains.adclicks.support import make_stream
 
 from .harness import (
     PROFILES,
-    RESULTS,
     SHORT,
-    PipelineProcess,
+    MakeSetup,
     Profile,
-    Report,
     Sender,
-    base_env,
     caught_up,
     check_dlq,
     committed,
-    dlq_sources,
     shake,
     sql,
     wait_until,
@@ -37,17 +29,12 @@ from .harness import (
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_adclicks_survive_repeated_kills(
-    base_settings: Settings, tmp_path: Path, profile: Profile
+    base_settings: Settings, profile: Profile, chaos_setup: MakeSetup
 ) -> None:
-    started = time.monotonic()
-    report = Report("adclicks", profile.name)
-    topic = f"chaos-ad-{uuid.uuid4().hex[:8]}"
+    run = chaos_setup("adclicks", profile)
+    report, topic, env = run.report, run.topic, run.env
     group = "clickflow-adclicks"
-    ensure_topics(
-        base_settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)]
-    )
-    env = {**base_env(base_settings, tmp_path / "data"), "CLICKFLOW_ADCLICKS_TOPIC": topic}
-    proc = PipelineProcess(["adclicks"], env, tmp_path / "process.log")
+    proc = run.pipeline(["adclicks"])
     stream = make_stream(profile.events, seed=21, topic=topic, copy_share=0.05)
     sender = Sender(
         base_settings, topic, [(ev.key, ev.value, p) for ev, p in stream.sends], profile.rate
@@ -87,9 +74,8 @@ def test_adclicks_survive_repeated_kills(
     valid = stream.valid.keys()
     report.lost = len(valid - stored.keys())
     report.duplicated = sum(c - 1 for c in stored.values()) + len(stored.keys() - valid)
-    check_dlq(report, dlq_sources(base_settings, dlq_topic(topic), 4), broken)  # type: ignore[arg-type]
-    report.seconds = time.monotonic() - started
-    RESULTS.append(report)
+    check_dlq(report, run.dead_letters(), broken)  # type: ignore[arg-type]
+    run.record()
 
     assert (report.lost, report.duplicated) == (0, 0)
     per_ad = {r["ad_id"]: int(r["n"]) for r in minute}

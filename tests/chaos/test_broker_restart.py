@@ -21,7 +21,7 @@ from clickflow.migrations import migrate_clickhouse
 from clickflow.runtime.broker import start_broker
 from clickflow.runtime.ports import free_port
 from clickflow.stores.clickhouse import clickhouse_client
-from tests.domains.pageviews.test_pipeline import consumer_for
+from tests.domains.pageviews.support import consumer_for
 
 from .harness import stop_group
 

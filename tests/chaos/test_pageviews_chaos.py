@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,7 @@ from clickflow.generator.engine import Engine
 from clickflow.generator.modes import RateModel
 from clickflow.generator.options import GeneratorOptions, Mix
 from clickflow.generator.truth import read_truth
-from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
-from tests.domains.pageviews.truth import (
+from tests.domains.pageviews.support import (
     ROLLUP_SQL,
     as_comparable,
     expected_rollups,
@@ -28,17 +25,12 @@ from tests.domains.pageviews.truth import (
 
 from .harness import (
     PROFILES,
-    RESULTS,
-    PipelineProcess,
+    MakeSetup,
     Profile,
-    RedisServer,
-    Report,
     Store,
-    base_env,
     caught_up,
     check_dlq,
     committed,
-    dlq_sources,
     shake,
     sql,
     wait_until,
@@ -47,25 +39,13 @@ from .harness import (
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_pageviews_survive_kills_and_redis_outages(
-    base_settings: Settings, tmp_path: Path, profile: Profile
+    base_settings: Settings, tmp_path: Path, profile: Profile, chaos_setup: MakeSetup
 ) -> None:
-    started = time.monotonic()
-    report = Report("pageviews", profile.name)
-    topic = f"chaos-pv-{uuid.uuid4().hex[:8]}"
+    run = chaos_setup("pageviews", profile)
+    report, topic, env = run.report, run.topic, run.env
     group = "clickflow-pageviews"
-    ensure_topics(
-        base_settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)]
-    )
-    redis = RedisServer(tmp_path)
-    redis.start()
-    env = {
-        **base_env(base_settings, tmp_path / "data"),
-        "CLICKFLOW_REDIS_URL": redis.url,
-        "CLICKFLOW_PAGEVIEWS_TOPIC": topic,
-    }
-    proc = PipelineProcess(
-        ["pageviews"], env, tmp_path / "process.log", "--delivery", "exactly-once"
-    )
+    redis = run.redis()
+    proc = run.pipeline(["pageviews"], "--delivery", "exactly-once")
     truth_path = tmp_path / "truth.jsonl"
     engine = Engine(
         base_settings,
@@ -116,9 +96,8 @@ def test_pageviews_survive_kills_and_redis_outages(
     stored = {r["event_id"]: int(r["c"]) for r in grouped}
     report.lost = len(valid - stored.keys())
     report.duplicated = sum(c - 1 for c in stored.values()) + len(stored.keys() - valid)
-    check_dlq(report, dlq_sources(base_settings, dlq_topic(topic), 4), broken)
-    report.seconds = time.monotonic() - started
-    RESULTS.append(report)
+    check_dlq(report, run.dead_letters(), broken)
+    run.record()
 
     assert report.faults["consumer SIGKILL"] == profile.kills
     assert (report.lost, report.duplicated) == (0, 0)

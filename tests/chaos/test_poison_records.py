@@ -29,7 +29,7 @@ from clickflow.domains.ugc.traffic import UgcEventFactory
 from clickflow.kafka.batch import Batch, Chunk
 from clickflow.migrations import migrate_clickhouse, migrate_postgres
 from clickflow.pipelines import PipelineOptions
-from tests.domains.telecom.conftest import with_database
+from tests.domains.telecom.support import with_database
 
 POISON = {
     "invalid UTF-8 in a string": b'{"page_id":"\xff\xfe","ad_id":"\xff","event":"\xc3\x28",'

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,23 +17,16 @@ from clickflow.generator.engine import Engine
 from clickflow.generator.modes import RateModel
 from clickflow.generator.options import GeneratorOptions, Mix
 from clickflow.generator.truth import read_truth
-from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
-from tests.domains.telecom.conftest import Truth, expected_aggregates, raw_keys, read_aggregates
+from tests.domains.telecom.support import Truth, expected_aggregates, raw_keys, read_aggregates
 
 from .harness import (
     PROFILES,
-    RESULTS,
-    PipelineProcess,
-    PostgresServer,
+    MakeSetup,
     Profile,
-    RedisServer,
-    Report,
     Store,
-    base_env,
     caught_up,
     check_dlq,
     committed,
-    dlq_sources,
     shake,
     wait_until,
 )
@@ -46,25 +37,12 @@ PARTITIONS = 8
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_telecom_survives_kills_and_store_outages(
-    base_settings: Settings, tmp_path: Path, profile: Profile
+    base_settings: Settings, tmp_path: Path, profile: Profile, chaos_setup: MakeSetup
 ) -> None:
-    started = time.monotonic()
-    report = Report("telecom", profile.name)
-    topic = f"chaos-tc-{uuid.uuid4().hex[:8]}"
-    ensure_topics(
-        base_settings.kafka_bootstrap,
-        [TopicSpec(topic, PARTITIONS), TopicSpec(dlq_topic(topic), PARTITIONS)],
-    )
-    pg, redis = PostgresServer(), RedisServer(tmp_path)
-    pg.start()
-    redis.start()
-    env = {
-        **base_env(base_settings, tmp_path / "data"),
-        "CLICKFLOW_POSTGRES_URL": pg.url,
-        "CLICKFLOW_REDIS_URL": redis.url,
-        "CLICKFLOW_TELECOM_TOPIC": topic,
-    }
-    proc = PipelineProcess(["telecom-ingest", "telecom-aggregate"], env, tmp_path / "process.log")
+    run = chaos_setup("telecom", profile, PARTITIONS)
+    report, topic = run.report, run.topic
+    pg, redis = run.postgres(), run.redis()
+    proc = run.pipeline(["telecom-ingest", "telecom-aggregate"])
     truth_path = tmp_path / "truth.jsonl"
     engine = Engine(
         base_settings,
@@ -124,9 +102,8 @@ def test_telecom_survives_kills_and_store_outages(
     )
     report.lost += max(0, -diff)
     report.duplicated += max(0, diff)
-    check_dlq(report, dlq_sources(base_settings, dlq_topic(topic), PARTITIONS), broken)
-    report.seconds = time.monotonic() - started
-    RESULTS.append(report)
+    check_dlq(report, run.dead_letters(), broken)
+    run.record()
 
     assert (report.lost, report.duplicated) == (0, 0)
     assert aggregates == want

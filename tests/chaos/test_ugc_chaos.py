@@ -23,25 +23,19 @@ import pytest
 
 from clickflow.config import Settings
 from clickflow.domains.ugc.traffic import UgcEventFactory
-from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from clickflow.runtime.ports import free_port, wait_for_port
-from tests.domains.ugc.helpers import PAGE_VIEW_SQL, expected_page_views
+from tests.domains.ugc.support import PAGE_VIEW_SQL, expected_page_views
 
 from .harness import (
     PROFILES,
-    RESULTS,
     SHORT,
-    PipelineProcess,
+    MakeSetup,
     Profile,
-    RedisServer,
-    Report,
     Sender,
     Store,
-    base_env,
     caught_up,
     check_dlq,
     committed,
-    dlq_sources,
     read_topic,
     shake,
     sql,
@@ -177,24 +171,14 @@ def sweep_prelude(prefix: str) -> str:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_ugc_survives_collector_restarts_kills_and_redis_outages(
-    base_settings: Settings, tmp_path: Path, profile: Profile
+    base_settings: Settings, tmp_path: Path, profile: Profile, chaos_setup: MakeSetup
 ) -> None:
-    started = time.monotonic()
-    report = Report("ugc", profile.name)
-    topic = f"chaos-ugc-{uuid.uuid4().hex[:8]}"
+    run = chaos_setup("ugc", profile)
+    report, topic, env = run.report, run.topic, run.env
     group = "clickflow-ugc"
-    ensure_topics(
-        base_settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)]
-    )
-    redis = RedisServer(tmp_path)
-    redis.start()
+    redis = run.redis()
     prefix = f"pv{uuid.uuid4().hex[:6]}:"
-    env = {
-        **base_env(base_settings, tmp_path / "data"),
-        "CLICKFLOW_REDIS_URL": redis.url,
-        "CLICKFLOW_UGC_TOPIC": topic,
-        "CLICKFLOW_UGC_REDIS_PREFIX": prefix,
-    }
+    env["CLICKFLOW_UGC_REDIS_PREFIX"] = prefix
     collector = Collector(
         {
             **env,
@@ -206,7 +190,7 @@ def test_ugc_survives_collector_restarts_kills_and_redis_outages(
         tmp_path / "collector.log",
     )
     collector.start()
-    proc = PipelineProcess(["ugc"], env, tmp_path / "process.log")
+    proc = run.pipeline(["ugc"])
     factory = UgcEventFactory(users=300, max_end_delay=100, topic=topic, seed=23)
     client = Client(f"http://127.0.0.1:{collector.port}", factory, profile.events, profile.rate)
     # A misbehaving producer writes broken records straight to the topic (for the DLQ).
@@ -264,9 +248,8 @@ def test_ugc_survives_collector_restarts_kills_and_redis_outages(
     report.duplicated = sum(c - 1 for c in stored.values()) + len(stored.keys() - accepted)
     report.duplicated += sum((got_views - want_views).values())
     broken = {bad_sender.landed[i] for i in range(len(bad))}
-    check_dlq(report, dlq_sources(base_settings, dlq_topic(topic), 4), broken)  # type: ignore[arg-type]
-    report.seconds = time.monotonic() - started
-    RESULTS.append(report)
+    check_dlq(report, run.dead_letters(), broken)  # type: ignore[arg-type]
+    run.record()
 
     assert (report.lost, report.duplicated) == (0, 0)
     assert all(in_kafka[e] == 1 for e in client.accepted), "an accepted event is not in Kafka once"

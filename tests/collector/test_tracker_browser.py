@@ -33,7 +33,7 @@ from clickflow.runtime.ports import free_port
 from clickflow.stores.clickhouse import clickhouse_client
 from tests.cdp import Browser, CdpError, Page
 from tests.collector.conftest import JWT_SECRET
-from tests.domains.ugc.helpers import Tracking, run_pipeline, ugc_config
+from tests.domains.ugc.support import Tracking, run_pipeline, ugc_config
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from clickflow.collector.config import CollectorConfig
 from clickflow.config import Settings
 from clickflow.kafka.topics import TopicSpec, ensure_topics
 from clickflow.migrations import migrate_clickhouse, migrate_postgres
-from tests.domains.telecom.conftest import with_database
+from tests.domains.telecom.support import with_database
 
 JWT_SECRET = "fuzz-tests-jwt-secret-of-32-bytes-or-more"
 

@@ -18,13 +18,14 @@ from clickflow.generator.modes import RateModel
 from clickflow.generator.options import GeneratorOptions, Mix
 from clickflow.generator.truth import read_truth
 from clickflow.kafka.config import consumer_config
+from tests.processes import stop_tree
 
 
 def read_back(settings: Settings, topic: str, n: int) -> list:
     c = Consumer(consumer_config(settings, f"rb-{topic}-{time.time()}"))
     c.subscribe([topic])
     out: list = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # generous: a busy machine
     while len(out) < n and time.monotonic() < deadline:
         out += [m for m in c.consume(1000, 0.5) if m.error() is None]
     c.close()
@@ -126,22 +127,29 @@ def test_broker_outage_is_retried_and_the_generator_keeps_going(tmp_path: Path) 
         ),
     )
     runner = threading.Thread(target=engine.run, kwargs={"count": 4000}, daemon=True)
-    runner.start()
-    time.sleep(1.0)
-    os.killpg(broker.pid, signal.SIGKILL)
-    broker.wait()
-    time.sleep(2.5)
-    assert engine.stats.failed > 0  # reported, not silent
-    broker = start_broker("127.0.0.1", port, tmp_path)
     try:
-        runner.join(60)
+        runner.start()
+        _wait_for(lambda: engine.stats.acked > 0, "the first acknowledgements")
+        os.killpg(broker.pid, signal.SIGKILL)
+        broker.wait()
+        _wait_for(lambda: engine.stats.failed > 0, "a failure to be counted")
+        assert engine.stats.failed > 0  # reported, not silent
+        broker = start_broker("127.0.0.1", port, tmp_path)
+        runner.join(120)
         assert not runner.is_alive()
         s = engine.stats
         assert s.retried > 0
         assert s.valid == 4000 and s.acked == 4000, s.as_dict()
     finally:
         engine.close()
-        os.killpg(broker.pid, signal.SIGKILL)
+        stop_tree(broker, signal.SIGKILL)
+
+
+def _wait_for(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.05)
 
 
 def test_control_endpoint_changes_and_validates(settings: Settings, topic: str) -> None:

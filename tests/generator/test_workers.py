@@ -26,6 +26,7 @@ from clickflow.generator.options import GeneratorOptions, Mix
 from clickflow.generator.truth import read_truth
 from clickflow.generator.workers import WorkerPool
 from clickflow.kafka.config import consumer_config
+from tests.processes import spawn, stop_tree
 
 
 def pool_for(
@@ -48,7 +49,7 @@ def on_broker(bootstrap: str, topic: str, wanted: set[tuple[int, int]]) -> dict:
     c = Consumer(consumer_config(Settings(kafka_bootstrap=bootstrap), f"rb-{topic}-{time.time()}"))
     c.subscribe([topic])
     found: dict[tuple[int, int], str] = {}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # generous: a busy machine
     while not wanted <= found.keys() and time.monotonic() < deadline:
         for m in c.consume(5000, 0.5):
             if m.error() is None:
@@ -62,7 +63,7 @@ def generated_per_worker(pool: WorkerPool) -> list[tuple[int, int]]:
     return [(r.stats.generated, r.stats.broken) if r else (0, 0) for r in pool.reports]
 
 
-def wait_until(condition, timeout: float = 30.0) -> None:
+def wait_until(condition, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -184,7 +185,7 @@ def cli(bootstrap: str, topic: str, tmp_path: Path, *args: str) -> subprocess.Po
         "CLICKFLOW_PAGEVIEWS_TOPIC": topic,
         "CLICKFLOW_DATA_DIR": str(tmp_path / "data"),
     }
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, "-m", "clickflow", "generate", "--domain", "pageviews"]
         + ["--workers", "2", "--mode", "fixed", "--no-control", "--quiet", *args],
         env=env,
@@ -192,6 +193,15 @@ def cli(bootstrap: str, topic: str, tmp_path: Path, *args: str) -> subprocess.Po
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def _output(proc: subprocess.Popen) -> str:
+    """The CLI's output once it exited; it and its workers are killed if it hangs."""
+    try:
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        stop_tree(proc, signal.SIGKILL, timeout=5)
+    return out
 
 
 def summary(output: str) -> dict[str, float]:
@@ -207,7 +217,7 @@ def test_cli_with_two_workers_runs_end_to_end(
     truth = tmp_path / "truth.jsonl"
     args = ["--rate", "20000", "--count", "6000", "--truth", str(truth)]
     proc = cli(kafka_bootstrap, topic, tmp_path, *args)
-    out, _ = proc.communicate(timeout=60)
+    out = _output(proc)
     assert proc.returncode == 0, out
     s = summary(out)
     assert s["sent"] == s["acked"] == 6000 and s["failed"] == 0
@@ -228,7 +238,7 @@ def test_cli_stops_cleanly_on_sigterm_and_fails_loudly_when_a_worker_dies(
         proc.send_signal(signal.SIGTERM)
     else:
         os.kill(max(workers_of(proc.pid)), signal.SIGKILL)
-    out, _ = proc.communicate(timeout=60)
+    out = _output(proc)
     s = summary(out)
     if kill == "parent-sigterm":
         assert proc.returncode == 0, out

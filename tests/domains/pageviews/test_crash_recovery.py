@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from clickflow.config import Settings
 from clickflow.generator.truth import read_truth
 from clickflow.kafka.config import consumer_config
 
-from .test_pipeline import generate
-from .truth import ROLLUP_SQL, as_comparable, expected_rollups, rows_to_comparable
+from .support import ROLLUP_SQL, as_comparable, expected_rollups, generate, rows_to_comparable
 
 
 def _env(settings: Settings, topic: str, data: Path) -> dict[str, str]:
@@ -67,6 +67,8 @@ def _sql(env: dict[str, str], query: str) -> list[dict]:
     return [orjson.loads(line) for line in out.splitlines() if line]
 
 
+# Four consumer starts, each ready only after it committed: minutes on a busy machine.
+@pytest.mark.timeout(900)
 def test_sigkill_mid_stream_keeps_exact_counts(
     settings_full: Settings, topic: str, tmp_path: Path
 ) -> None:
@@ -77,23 +79,42 @@ def test_sigkill_mid_stream_keeps_exact_counts(
     )
     producer.start()
     kills = 0
-    for delay in (4.5, 5.0, 5.5):
-        proc = _consumer(env, tmp_path / "consumer.log")
-        time.sleep(delay)  # ~3 s group join, then it is inserting
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    log = tmp_path / "consumer.log"
+    for delay in (0.5, 1.0, 1.5):
+        before = _progress(settings_full, topic)
+        proc = _consumer(env, log)
+        try:
+            # Ready when it commits (the group joined, it is inserting) or nothing is left.
+            deadline = time.monotonic() + 180
+            while _progress(settings_full, topic) <= before and not (
+                not producer.is_alive() and before >= sum(_end_offsets(truth).values())
+            ):
+                assert time.monotonic() < deadline, "the consumer did not commit anything"
+                assert proc.poll() is None, log.read_text()[-2000:]
+                time.sleep(0.2)
+            time.sleep(delay)  # somewhere inside a later batch
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         kills += 1
-    producer.join(60)
+    producer.join(120)
+    assert not producer.is_alive()
     # Last run: wait until the group committed everything that was acked, then stop it.
-    proc = _consumer(env, tmp_path / "consumer.log")
-    ends = _end_offsets(truth)
-    deadline = time.monotonic() + 90
-    while _committed(settings_full, topic, ends) != ends:
-        assert time.monotonic() < deadline, "consumer did not catch up"
-        assert proc.poll() is None, (tmp_path / "consumer.log").read_text()[-2000:]
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    proc = _consumer(env, log)
+    try:
+        ends = _end_offsets(truth)
+        deadline = time.monotonic() + 180
+        while _committed(settings_full, topic, ends) != ends:
+            assert time.monotonic() < deadline, "consumer did not catch up"
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     assert kills == 3
     minute, hour, valid, broken = expected_rollups(truth)
     counts = _sql(env, "SELECT count() AS n, uniqExact(event_id) AS u FROM page_views_raw")[0]
@@ -115,6 +136,11 @@ def _end_offsets(truth: Path) -> dict[int, int]:
     for line in read_truth(truth):
         ends[line["partition"]] = max(ends.get(line["partition"], 0), line["offset"] + 1)
     return ends
+
+
+def _progress(settings: Settings, topic: str) -> int:
+    """Records the page-view group has committed on the topic's four partitions."""
+    return sum(max(o, 0) for o in _committed(settings, topic, dict.fromkeys(range(4), 0)).values())
 
 
 def _committed(settings: Settings, topic: str, ends: dict[int, int]) -> dict[int, int]:

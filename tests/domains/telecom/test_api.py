@@ -24,7 +24,7 @@ from clickflow.domains.telecom.queries import TelecomQueries
 from clickflow.pipelines import PipelineOptions
 from clickflow.runtime.ports import free_port
 
-from .conftest import Truth, batch_of, encode_all, make_events
+from .support import Truth, batch_of, encode_all, make_events
 
 START = datetime(2030, 11, 20, tzinfo=UTC)
 SPAN = timedelta(days=20)  # crosses the November / December boundary

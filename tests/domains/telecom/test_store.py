@@ -12,7 +12,7 @@ from clickflow.config import Settings
 from clickflow.domains.telecom.events import decode
 from clickflow.domains.telecom.store import AggregateWriter, RawWriter
 
-from .conftest import (
+from .support import (
     Truth,
     encode_all,
     expected_aggregates,

@@ -18,7 +18,7 @@ from clickflow.domains.ugc.traffic import UgcEventFactory
 from clickflow.kafka.batch import BatchTrigger
 from clickflow.migrations import migrate_clickhouse
 
-from .helpers import BASE_TS, Tracking, produce, run_pipeline, ugc_config
+from .support import BASE_TS, Tracking, produce, run_pipeline, ugc_config
 
 HOUR = 3_600_000
 

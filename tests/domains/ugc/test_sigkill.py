@@ -17,14 +17,16 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from clickflow.config import Settings
 from clickflow.domains.ugc.traffic import UgcEventFactory
 from clickflow.kafka.config import consumer_config
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
+from tests.processes import stop_tree
 
-from .helpers import BASE_TS, PAGE_VIEW_SQL, expected_page_views, log_order, produce
+from .support import BASE_TS, PAGE_VIEW_SQL, expected_page_views, log_order, produce
 
 READ_BACK = """
 import json, sys
@@ -47,6 +49,8 @@ def committed(settings: Settings, topic: str, group: str) -> int:
     return sum(max(0, tp.offset) for tp in tps)
 
 
+# Several `clickflow process` starts, each a minute on a busy machine.
+@pytest.mark.timeout(900)
 def test_sigkill_in_the_middle_of_pairing_neither_loses_nor_duplicates(
     settings: Settings, redis_url: str, topic: str, tmp_path: Path
 ) -> None:
@@ -78,7 +82,8 @@ def test_sigkill_in_the_middle_of_pairing_neither_loses_nor_duplicates(
     def start() -> subprocess.Popen:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
 
-    def wait_for(n: int, proc: subprocess.Popen, timeout: float = 40.0) -> None:
+    # Generous: a start (imports, chDB, group join) takes a minute on a busy machine.
+    def wait_for(n: int, proc: subprocess.Popen, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         while committed(settings, topic, group) < n:
             assert proc.poll() is None, (tmp_path / "process.log").read_text()[-3000:]
@@ -87,15 +92,19 @@ def test_sigkill_in_the_middle_of_pairing_neither_loses_nor_duplicates(
 
     for share in (0.4,):
         proc = start()
-        wait_for(int(total * share), proc)
-        time.sleep(rng.uniform(0.0, 0.15))  # somewhere inside a batch
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        try:
+            wait_for(int(total * share), proc)
+            time.sleep(rng.uniform(0.0, 0.15))  # somewhere inside a batch
+        finally:
+            stop_tree(proc, signal.SIGKILL, timeout=10)
         assert committed(settings, topic, group) < total, "killed too late to prove anything"
     proc = start()
-    wait_for(total, proc)
-    os.killpg(proc.pid, signal.SIGTERM)
-    assert proc.wait(20) == 0
+    try:
+        wait_for(total, proc)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        stop_tree(proc, signal.SIGKILL, timeout=10)
 
     # Read back (and expire the true orphans: every end has been processed by now).
     far_future = int(time.time() * 1000) + 10 * 86_400_000

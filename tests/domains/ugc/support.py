@@ -111,7 +111,7 @@ def log_order(settings: Settings, topic: str, last: dict[int, int]) -> list[byte
     c = Consumer(consumer_config(settings, f"reader-{uuid.uuid4().hex[:8]}"))
     c.assign([TopicPartition(topic, p, 0) for p in last])
     got: dict[int, list[tuple[int, bytes]]] = {p: [] for p in last}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # generous: a busy machine
     try:
         while any((got[p][-1][0] if got[p] else -1) < o for p, o in last.items()):
             assert time.monotonic() < deadline, "could not read the topic back"
@@ -152,7 +152,7 @@ def run_pipeline(
     until: Callable[[], bool],
     trigger: BatchTrigger,
     group: str,
-    timeout: float = 30.0,
+    timeout: float = 120.0,
 ) -> BatchConsumer:
     topic = handler.inner.config.topic
     ensure_topics(settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)])
@@ -174,7 +174,7 @@ def run_pipeline(
     while not until() and time.monotonic() < deadline:
         time.sleep(0.05)
     consumer.stop()
-    t.join(timeout=20)
+    t.join(timeout=60)
     assert not t.is_alive(), "consumer did not stop"
     assert until(), "the pipeline did not get there before the timeout"
     return consumer
