@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     pipeline_stall_seconds: float = 120.0  # health turns red: records pending, nothing committed
     unhealthy_restart_seconds: float = 60.0  # `up` restarts a process red this long
     profiling: bool = False  # GET /debug/profile on every service (token-protected)
+    # How long `clickflow up` waits for every service to answer /healthz (a busy machine: more)
+    up_ready_timeout_s: float = Field(default=60.0, gt=0)
 
     # Auth / security (secrets only from the environment)
     auth_url: str | None = None

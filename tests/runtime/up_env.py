@@ -33,6 +33,8 @@ def up_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
             "CLICKFLOW_SQL_PORT": str(ports["sql"]),
             "CLICKFLOW_KAFKA_EMBEDDED_PORT": str(ports["kafka"]),
             "CLICKFLOW_PROCESS_PORT": str(ports["process"]),
+            # The tests run beside others on 2 cores: starting can take minutes there.
+            "CLICKFLOW_UP_READY_TIMEOUT_S": "240",
         }
     )
     return env, ports

@@ -107,7 +107,7 @@ def up(settings: Settings, demo: bool) -> None:
             sup.add(Child(f"process-{name}", _cmd("process", name), penv, health_url=health))
         if demo:
             sup.add(Child("generator", _cmd("generate", "--demo", "--quiet"), env))
-        _wait_ready(settings, sup)
+        _wait_ready(settings, sup, settings.up_ready_timeout_s)
     except RuntimeStartError as e:
         sup.stop(grace=5)
         raise SystemExit(f"clickflow: {e}") from None
