@@ -37,7 +37,7 @@ from .harness import (
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_adclicks_survive_repeated_kills(
-    base_settings: Settings, tmp_path: Path, profile: Profile
+    base_settings: Settings, redis_url: str, tmp_path: Path, profile: Profile
 ) -> None:
     started = time.monotonic()
     report = Report("adclicks", profile.name)
@@ -46,7 +46,11 @@ def test_adclicks_survive_repeated_kills(
     ensure_topics(
         base_settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)]
     )
-    env = {**base_env(base_settings, tmp_path / "data"), "CLICKFLOW_ADCLICKS_TOPIC": topic}
+    env = {
+        **base_env(base_settings, tmp_path / "data"),
+        "CLICKFLOW_ADCLICKS_TOPIC": topic,
+        "CLICKFLOW_REDIS_URL": redis_url,  # click_id claims
+    }
     proc = PipelineProcess(["adclicks"], env, tmp_path / "process.log")
     stream = make_stream(profile.events, seed=21, topic=topic, copy_share=0.05)
     sender = Sender(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -20,6 +21,7 @@ from prometheus_client import REGISTRY
 from clickflow.config import Settings
 from clickflow.domains.adclicks.config import AdClicksConfig
 from clickflow.domains.adclicks.pipeline import AdClicksHandler
+from clickflow.domains.adclicks.reconcile import reconcile
 from clickflow.domains.adclicks.watermark import MINUTE_MS, read_finality
 from clickflow.kafka.batch import Batch, Chunk
 from clickflow.migrations import migrate_clickhouse
@@ -197,3 +199,50 @@ def test_too_far_in_the_future_is_judged_by_the_kafka_timestamp_the_same_on_repl
     assert [v for v, _ in verdicts[0]] == [values[0]]
     assert "ahead of the record's Kafka timestamp" in verdicts[0][0][1]
     assert raw_count(ad_settings) == 1
+
+
+def test_backfill_beside_an_insert_in_flight_stores_no_wrong_correction(
+    ad_settings: Settings,
+) -> None:
+    topic = f"adclicks-{uuid.uuid4().hex[:8]}"
+    cfg = AdClicksConfig(topic=topic, partitions=1)
+    feed = Feed(topic)
+    minute = (int(time.time() * 1000) // MINUTE_MS - 5) * MINUTE_MS
+    h = AdClicksHandler(ad_settings, cfg)
+    h.handle(feed.batch(0, [click(f"a-{i}", minute + i) for i in range(100)], minute + 1000))
+    committed = {0: 100}  # the framework committed the batch after both parts were written
+    ch = clickhouse_client(ad_settings)
+    # An insert in flight: its raw part is visible (offsets 100..149, not committed), the
+    # view's part in the minute aggregate is not yet. ATTACH PARTITION ... FROM adds parts
+    # without running the view: exactly that state.
+    ch.command("CREATE TABLE in_flight AS ad_clicks_raw")
+    ch.insert(
+        "in_flight",
+        [
+            [f"b-{i}", "ad-1", minute + i, "u-1", "10.0.0.1", "US", "other", "other", 0, 100 + i]
+            + [minute, 1]
+            for i in range(50)
+        ],
+        column_names=[
+            "click_id", "ad_id", "click_timestamp", "user_id", "ip", "country", "device", "os",
+            "kafka_partition", "kafka_offset", "ingest_ms", "chunk_hash",
+        ],
+    )  # fmt: skip
+    day = time.strftime("%Y%m%d", time.gmtime(minute / 1000))
+    ch.command(f"ALTER TABLE ad_clicks_raw ATTACH PARTITION ID '{day}' FROM in_flight")
+    assert raw_count(ad_settings) == 150 and minute_sum(ad_settings) == 100
+
+    start = datetime.fromtimestamp(minute / 1000 - 600, UTC)
+    end = datetime.fromtimestamp(minute / 1000 + 600, UTC)
+    result = reconcile(ch, start, end, apply=True, committed=lambda: dict(committed))
+    assert result.differences == [] and result.unstable == 1
+    # The insert finishes: the view's part lands, the framework commits.
+    ch.insert(
+        "ad_clicks_minute",
+        [[datetime.fromtimestamp(minute / 1000, UTC), "ad-1", "US", "other", "other", 50]],
+        column_names=["minute", "ad_id", "country", "device", "os", "clicks"],
+    )
+    committed[0] = 150
+    assert minute_sum(ad_settings) == raw_count(ad_settings) == 150  # no wrong correction
+    again = reconcile(ch, start, end, apply=True, committed=lambda: dict(committed))
+    assert again.differences == [] and again.unstable == 0
