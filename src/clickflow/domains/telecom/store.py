@@ -42,13 +42,14 @@ CREATE TEMP TABLE IF NOT EXISTS tc_stage (
 ) ON COMMIT DELETE ROWS
 """
 
-# The key table decides (seed 004: an event is (source_id, event_id)); events_raw keeps its
-# own primary key, which a partitioned table must have with the partition key in it. Keys
-# are inserted in key order so two ingestors meeting the same keys lock them in one order.
+# The key table decides (seed 004: an event is (source_id, event_id)); a partitioned table
+# cannot have that unique key itself (it must contain the partition key). Two ingestors
+# meeting the same new keys in different orders can deadlock: PostgreSQL aborts one
+# transaction and the framework retries its batch.
 INSERT_RAW_SQL = """
 WITH new AS (
     INSERT INTO telecom.event_keys (source_id, event_id, started_at)
-    SELECT source_id, event_id, started_at FROM tc_stage ORDER BY source_id, event_id
+    SELECT source_id, event_id, started_at FROM tc_stage
     ON CONFLICT (source_id, event_id) DO NOTHING
     RETURNING source_id, event_id
 )
@@ -57,7 +58,6 @@ INSERT INTO telecom.events_raw (source_id, event_id, user_id, type, started_at, 
 SELECT s.source_id, s.event_id, s.user_id, s.type, s.started_at, s.ended_at,
        s.duration_sec, s.bytes_up, s.bytes_down, s.meta
 FROM tc_stage s JOIN new n USING (source_id, event_id)
-ON CONFLICT (source_id, event_id, started_at) DO NOTHING
 """
 
 # One statement: record the keys not applied yet, then add exactly those events to every
@@ -66,7 +66,7 @@ ON CONFLICT (source_id, event_id, started_at) DO NOTHING
 APPLY_AGG_SQL = """
 WITH new AS (
     INSERT INTO telecom.agg_applied (source_id, event_id, started_at)
-    SELECT source_id, event_id, started_at FROM tc_stage ORDER BY source_id, event_id
+    SELECT source_id, event_id, started_at FROM tc_stage
     ON CONFLICT (source_id, event_id) DO NOTHING
     RETURNING source_id, event_id
 ), fresh AS (
