@@ -183,162 +183,169 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, tmp: Path) -> None:
+    from clickflow.runtime.redis_server import start_redis
+
+    redis_proc, redis_url = start_redis(tmp / "redis")  # click_id claims
+    try:
+        with embedded_broker() as bootstrap:
+            settings = Settings(
+                data_dir=tmp,
+                kafka_bootstrap=bootstrap,
+                clickhouse_dsn=f"chdb:///{tmp / 'clickhouse'}",
+                clickhouse_database="bench",
+                redis_url=redis_url,
+            )
+            _run(args, settings)
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(10)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    with embedded_broker() as bootstrap:
-        settings = Settings(
-            data_dir=tmp,
-            kafka_bootstrap=bootstrap,
-            clickhouse_dsn=f"chdb:///{tmp / 'clickhouse'}",
-            clickhouse_database="bench",
-        )
-        cfg = AdClicksConfig(topic="adclicks-bench", popular_cache_s=0)
-        migrate_clickhouse(settings, ["adclicks"])
-        print(f"machine: {machine()}; {load_average()}")
-        tp = throughput(settings, cfg, args.clicks)
-        print(
-            f"throughput: {tp['pipeline_per_s']:,.0f} clicks/s end to end through the pipeline "
-            f"({tp['clicks']:,} records in {tp['drain_s']:.1f} s, {tp['batches']} batches of <= "
-            f"{tp['trigger'].max_records:,}; "
-            f"counted {tp['counted']:,} of {tp['valid_distinct']:,} distinct valid clicks, "
-            f"raw store {tp['raw_rows']:,} rows / {tp['raw_distinct']:,} click_ids); "
-            f"producer {tp['produce_per_s']:,.0f}/s, generator {tp['generate_per_s']:,.0f}/s"
-        )
-        assert tp["counted"] == tp["valid_distinct"], "the pipeline miscounted"
-        if args.throughput_only:
-            return
+    cfg = AdClicksConfig(topic="adclicks-bench", popular_cache_s=0)
+    migrate_clickhouse(settings, ["adclicks"])
+    print(f"machine: {machine()}; {load_average()}")
+    tp = throughput(settings, cfg, args.clicks)
+    print(
+        f"throughput: {tp['pipeline_per_s']:,.0f} clicks/s end to end through the pipeline "
+        f"({tp['clicks']:,} records in {tp['drain_s']:.1f} s, {tp['batches']} batches of <= "
+        f"{tp['trigger'].max_records:,}; "
+        f"counted {tp['counted']:,} of {tp['valid_distinct']:,} distinct valid clicks, "
+        f"raw store {tp['raw_rows']:,} rows / {tp['raw_distinct']:,} click_ids); "
+        f"producer {tp['produce_per_s']:,.0f}/s, generator {tp['generate_per_s']:,.0f}/s"
+    )
+    assert tp["counted"] == tp["valid_distinct"], "the pipeline miscounted"
+    if args.throughput_only:
+        return
 
-        end = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
-        wk = load_week(settings, args.per_minute, end)
-        print(
-            f"loaded 7 days of minute aggregates: {wk['rows_inserted']:,} rows for "
-            f"{wk['ads']:,} ads in {wk['load_s']:.1f} s (+ OPTIMIZE FINAL {wk['optimize_s']:.1f} s"
-            f" -> {wk['rows_stored']:,} rows)"
-        )
-        print(f"{load_average()}")
+    end = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    wk = load_week(settings, args.per_minute, end)
+    print(
+        f"loaded 7 days of minute aggregates: {wk['rows_inserted']:,} rows for "
+        f"{wk['ads']:,} ads in {wk['load_s']:.1f} s (+ OPTIMIZE FINAL {wk['optimize_s']:.1f} s"
+        f" -> {wk['rows_stored']:,} rows)"
+    )
+    print(f"{load_average()}")
 
-        app = FastAPI()
-        app.state.settings = settings
-        app.include_router(api.router)
-        app.dependency_overrides[api.adclicks_config] = lambda: cfg
-        client = TestClient(app)
-        rng = random.Random(1)
+    app = FastAPI()
+    app.state.settings = settings
+    app.include_router(api.router)
+    app.dependency_overrides[api.adclicks_config] = lambda: cfg
+    client = TestClient(app)
+    rng = random.Random(1)
 
-        def some_ad() -> str:
-            return f"ad-{int(10000 * rng.random() ** 3):06d}"
+    def some_ad() -> str:
+        return f"ad-{int(10000 * rng.random() ** 3):06d}"
 
-        def some_end() -> str:
-            return (end - timedelta(minutes=rng.randrange(0, 7 * 1440 - 60))).isoformat()
+    def some_end() -> str:
+        return (end - timedelta(minutes=rng.randrange(0, 7 * 1440 - 60))).isoformat()
 
-        def count(minutes: int):
-            def req():
-                to = end - timedelta(minutes=rng.randrange(0, 7 * 1440 - minutes + 1))
-                frm = to - timedelta(minutes=minutes)
-                return client.get(
-                    f"/v1/ads/{some_ad()}/aggregated_count",
-                    params={"from": frm.isoformat(), "to": to.isoformat()},
-                )
-
-            return req
-
-        def popular(window: int, filt: str | None = None):
-            def req():
-                params = {"topN": 100, "window": window, "to": some_end()}
-                if filt:
-                    params["filter"] = filt
-                return client.get("/v1/ads/popular_ads", params=params)
-
-            return req
-
-        raw_users = [
-            r[0]
-            for r in clickhouse_client(settings)
-            .query("SELECT user_id FROM ad_clicks_raw LIMIT 1000")
-            .result_rows
-        ]
-        raw_end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-
-        def count_user():
+    def count(minutes: int):
+        def req():
+            to = end - timedelta(minutes=rng.randrange(0, 7 * 1440 - minutes + 1))
+            frm = to - timedelta(minutes=minutes)
             return client.get(
                 f"/v1/ads/{some_ad()}/aggregated_count",
-                params={
-                    "from": (raw_end - timedelta(minutes=60)).isoformat(),
-                    "to": raw_end.isoformat(),
-                    "filter": f"user_id={rng.choice(raw_users)}",
-                },
+                params={"from": frm.isoformat(), "to": to.isoformat()},
             )
 
-        def popular_user():
-            return client.get(
-                "/v1/ads/popular_ads",
-                params={
-                    "topN": 100,
-                    "window": 60,
-                    "to": raw_end.isoformat(),
-                    "filter": f"user_id={rng.choice(raw_users)}",
-                },
-            )
+        return req
 
-        cases = [
-            ("aggregated_count, M = 1", count(1)),
-            ("aggregated_count, M = 60", count(60)),
-            ("aggregated_count, 7 days", count(7 * 1440)),
-            ("aggregated_count, M = 60, filter country=US,device=mobile", None),
-            ("popular_ads top 100, M = 1", popular(1)),
-            ("popular_ads top 100, M = 60", popular(60)),
-            ("popular_ads top 100, M = 60, filter country=US", popular(60, "country=US")),
-            ("aggregated_count, M = 60, filter user_id (raw store)", count_user),
-            ("popular_ads top 100, M = 60, filter user_id (raw store)", popular_user),
-        ]
+    def popular(window: int, filt: str | None = None):
+        def req():
+            params = {"topN": 100, "window": window, "to": some_end()}
+            if filt:
+                params["filter"] = filt
+            return client.get("/v1/ads/popular_ads", params=params)
 
-        def count_filtered():
-            to = end - timedelta(minutes=rng.randrange(0, 7 * 1440 - 60))
-            return client.get(
-                f"/v1/ads/{some_ad()}/aggregated_count",
-                params={
-                    "from": (to - timedelta(minutes=60)).isoformat(),
-                    "to": to.isoformat(),
-                    "filter": "country=US,device=mobile",
-                },
-            )
+        return req
 
-        cases[3] = (cases[3][0], count_filtered)
-        for name, req in cases:
-            lat = latency(client, args.requests, req)
-            print(
-                f"{name}: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
-                f"max {lat['max']:.1f} ms ({args.requests} requests)"
-            )
-        # The same queries without HTTP/FastAPI: how much of the latency is the store's.
-        ch = clickhouse_client(settings)
+    raw_users = [
+        r[0]
+        for r in clickhouse_client(settings)
+        .query("SELECT user_id FROM ad_clicks_raw LIMIT 1000")
+        .result_rows
+    ]
+    raw_end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
 
-        class _Ok:
-            status_code = 200
+    def count_user():
+        return client.get(
+            f"/v1/ads/{some_ad()}/aggregated_count",
+            params={
+                "from": (raw_end - timedelta(minutes=60)).isoformat(),
+                "to": raw_end.isoformat(),
+                "filter": f"user_id={rng.choice(raw_users)}",
+            },
+        )
 
-        def sql_popular():
-            to = end - timedelta(minutes=rng.randrange(0, 7 * 1440 - 60))
-            ch.query(
-                api.POPULAR_AGGREGATE_SQL.replace("/*filters*/", ""),
-                parameters={"start": to - timedelta(minutes=60), "end": to, "n": 100},
-            )
-            return _Ok
+    def popular_user():
+        return client.get(
+            "/v1/ads/popular_ads",
+            params={
+                "topN": 100,
+                "window": 60,
+                "to": raw_end.isoformat(),
+                "filter": f"user_id={rng.choice(raw_users)}",
+            },
+        )
 
-        lat = latency(client, args.requests, sql_popular)
+    cases = [
+        ("aggregated_count, M = 1", count(1)),
+        ("aggregated_count, M = 60", count(60)),
+        ("aggregated_count, 7 days", count(7 * 1440)),
+        ("aggregated_count, M = 60, filter country=US,device=mobile", None),
+        ("popular_ads top 100, M = 1", popular(1)),
+        ("popular_ads top 100, M = 60", popular(60)),
+        ("popular_ads top 100, M = 60, filter country=US", popular(60, "country=US")),
+        ("aggregated_count, M = 60, filter user_id (raw store)", count_user),
+        ("popular_ads top 100, M = 60, filter user_id (raw store)", popular_user),
+    ]
+
+    def count_filtered():
+        to = end - timedelta(minutes=rng.randrange(0, 7 * 1440 - 60))
+        return client.get(
+            f"/v1/ads/{some_ad()}/aggregated_count",
+            params={
+                "from": (to - timedelta(minutes=60)).isoformat(),
+                "to": to.isoformat(),
+                "filter": "country=US,device=mobile",
+            },
+        )
+
+    cases[3] = (cases[3][0], count_filtered)
+    for name, req in cases:
+        lat = latency(client, args.requests, req)
         print(
-            f"SQL only, popular_ads top 100, M = 60: p50 {lat['p50']:.1f} ms, "
-            f"p99 {lat['p99']:.1f} ms"
+            f"{name}: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+            f"max {lat['max']:.1f} ms ({args.requests} requests)"
         )
-        cfg_cached = cfg.model_copy(update={"popular_cache_s": 5.0})
-        app.dependency_overrides[api.adclicks_config] = lambda: cfg_cached
-        fixed = {"topN": 100, "window": 60, "to": end.isoformat()}
-        lat = latency(
-            client, args.requests, lambda: client.get("/v1/ads/popular_ads", params=fixed)
+    # The same queries without HTTP/FastAPI: how much of the latency is the store's.
+    ch = clickhouse_client(settings)
+
+    class _Ok:
+        status_code = 200
+
+    def sql_popular():
+        to = end - timedelta(minutes=rng.randrange(0, 7 * 1440 - 60))
+        ch.query(
+            api.POPULAR_AGGREGATE_SQL.replace("/*filters*/", ""),
+            parameters={"start": to - timedelta(minutes=60), "end": to, "n": 100},
         )
-        print(
-            f"popular_ads top 100, M = 60, cached: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms"
-        )
-        print(f"{load_average()}; raw store: {tp['valid_distinct']:,} clicks; date {today()}")
+        return _Ok
+
+    lat = latency(client, args.requests, sql_popular)
+    print(
+        f"SQL only, popular_ads top 100, M = 60: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
+    )
+    cfg_cached = cfg.model_copy(update={"popular_cache_s": 5.0})
+    app.dependency_overrides[api.adclicks_config] = lambda: cfg_cached
+    fixed = {"topN": 100, "window": 60, "to": end.isoformat()}
+    lat = latency(client, args.requests, lambda: client.get("/v1/ads/popular_ads", params=fixed))
+    print(f"popular_ads top 100, M = 60, cached: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms")
+    print(f"{load_average()}; raw store: {tp['valid_distinct']:,} clicks; date {today()}")
 
 
 if __name__ == "__main__":

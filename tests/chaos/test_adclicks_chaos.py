@@ -29,11 +29,12 @@ from .harness import (
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_adclicks_survive_repeated_kills(
-    base_settings: Settings, profile: Profile, chaos_setup: MakeSetup
+    base_settings: Settings, redis_url: str, profile: Profile, chaos_setup: MakeSetup
 ) -> None:
     run = chaos_setup("adclicks", profile)
     report, topic, env = run.report, run.topic, run.env
     group = "clickflow-adclicks"
+    env["CLICKFLOW_REDIS_URL"] = redis_url  # click_id claims
     proc = run.pipeline(["adclicks"])
     stream = make_stream(profile.events, seed=21, topic=topic, copy_share=0.05)
     sender = Sender(

@@ -59,7 +59,7 @@ def _wait_committed(watcher, topic, proc, target: int, timeout: float) -> int:
 # Several `clickflow process` starts, each a minute on a busy machine.
 @pytest.mark.timeout(900)
 def test_sigkill_mid_stream_loses_and_double_counts_nothing(
-    base_settings: Settings, tmp_path: Path
+    base_settings: Settings, redis_url: str, tmp_path: Path
 ) -> None:
     topic = f"adclicks-kill-{uuid.uuid4().hex[:8]}"
     env = {
@@ -69,6 +69,7 @@ def test_sigkill_mid_stream_loses_and_double_counts_nothing(
         "CLICKFLOW_CLICKHOUSE_DATABASE": "clickflow",
         "CLICKFLOW_KAFKA_BOOTSTRAP": base_settings.kafka_bootstrap,
         "CLICKFLOW_ADCLICKS_TOPIC": topic,
+        "CLICKFLOW_REDIS_URL": redis_url,
         "CLICKFLOW_LOG_LEVEL": "INFO",
     }
     cmd = [sys.executable, "-m", "clickflow", "process", "adclicks"]

@@ -34,8 +34,9 @@ def _iso(ms: int) -> str:
 
 
 def test_engine_traffic_through_the_pipeline_matches_the_truth_file(
-    settings: Settings, tmp_path: Path
+    settings: Settings, redis_url: str, tmp_path: Path
 ) -> None:
+    settings = settings.model_copy(update={"redis_url": redis_url})
     topic = f"adclicks-eng-{uuid.uuid4().hex[:8]}"
     cfg = AdClicksConfig(topic=topic, popular_cache_s=0)
     factory = AdClickFactory(ads=200, late_share=0.1, late_delay_s=(5, 90), topic=topic)

@@ -50,17 +50,3 @@ def test_traffic_is_skewed_towards_a_few_hot_ads_and_has_late_clicks() -> None:
     late = [e for e in evs if e.truth["late"]]
     assert 0.08 < len(late) / len(evs) < 0.12
     assert all(now * 1000 - e.truth["click_timestamp"] >= 5000 for e in late)
-
-
-def test_dedup_cache_keeps_a_window_per_partition() -> None:
-    from clickflow.domains.adclicks.dedup import SeenClicks, origin
-
-    seen = SeenClicks(window=100)
-    seen.add({f"slow-{i}": origin(3, i) for i in range(50)})
-    for start in range(0, 10_000, 500):  # a busy partition floods the cache
-        seen.add({f"busy-{i}": origin(0, i) for i in range(start, start + 500)})
-    assert all(seen.get(f"slow-{i}") == origin(3, i) for i in range(50))
-    assert seen.get("busy-9899") is None and seen.get("busy-9900") == origin(0, 9900)
-    assert len(seen) == 150
-    seen.add({"slow-0": origin(1, 5)})  # known: unchanged
-    assert seen.get("slow-0") == origin(3, 0)

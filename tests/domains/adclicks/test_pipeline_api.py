@@ -59,11 +59,11 @@ def run_pipeline(
 
 
 @pytest.fixture(scope="module")
-def loaded(base_settings: Settings):
+def loaded(base_settings: Settings, redis_url: str):
     """One stream through the pipeline, shared by the read-only API tests of this module."""
     topic = f"adclicks-{uuid.uuid4().hex[:8]}"
     settings = base_settings.model_copy(
-        update={"clickhouse_database": f"t_{uuid.uuid4().hex[:12]}"}
+        update={"clickhouse_database": f"t_{uuid.uuid4().hex[:12]}", "redis_url": redis_url}
     )
     cfg = AdClicksConfig(topic=topic, allowed_lateness_s=15, popular_cache_s=30)
     stream = make_stream(12_000, seed=21, topic=topic)
@@ -284,6 +284,31 @@ def test_backfill_finds_and_repairs_a_damaged_aggregate(loaded) -> None:
     assert reconcile(ch, s, e, apply=False).differences == []
     r = client.get(f"/v1/ads/{hot}/aggregated_count", params={"from": _iso(start), "to": _iso(end)})
     assert r.json()["count"] == stream.count(hot, start, end)
+
+
+def test_scheduled_backfill_reports_the_differences_as_metrics(loaded) -> None:
+    """One run of `backfill --every`: bounded by the group's committed offsets (read from
+    the broker), finds a damaged bucket, corrects it, and says so in its metrics."""
+    from clickflow.domains.adclicks.reconcile import scheduled_run
+
+    settings, cfg, stream, client, _ = loaded
+    start, end = stream.span_ms
+    minute = datetime.fromtimestamp(start / 1000 + 120, UTC)
+    clickhouse_client(settings).insert(
+        "ad_clicks_minute",
+        [[minute, "ghost-ad-2", "DE", "tv", "linux", 5]],
+        column_names=["minute", "ad_id", "country", "device", "os", "clicks"],
+    )
+    runs = _metric("clickflow_adclicks_reconcile_runs_total")
+    lookback = time.time() - start / 1000 + 120
+    first = scheduled_run(settings, cfg, "clickflow-adclicks", lookback, apply=True)
+    assert [(d.ad_id, d.delta) for d in first.differences] == [("ghost-ad-2", -5)]
+    assert first.unstable == 0  # everything was committed
+    assert _metric("clickflow_adclicks_reconcile_differences") == 1
+    assert _metric("clickflow_adclicks_reconcile_clicks_off") == 5
+    second = scheduled_run(settings, cfg, "clickflow-adclicks", lookback, apply=True)
+    assert second.differences == [] and _metric("clickflow_adclicks_reconcile_differences") == 0
+    assert _metric("clickflow_adclicks_reconcile_runs_total") == runs + 2
 
 
 def test_another_group_rereading_the_topic_counts_nothing_twice(loaded) -> None:

@@ -81,18 +81,43 @@ def test_validation_rules(change: dict, reason: str) -> None:
         decode(orjson.dumps({**BASE, **change}))
 
 
-def test_in_batch_dedup_uses_the_instant_not_the_text() -> None:
+def test_in_batch_dedup_is_by_source_and_event_id_alone() -> None:
     from clickflow.domains.telecom.store import unique_events
 
     sms = {**BASE, "type": "SMS_SENT", "duration_sec": 0, "ended_at": BASE["started_at"]}
-    later = {**sms, "started_at": "2025-10-20T12:34:57Z", "ended_at": "2025-10-20T12:34:57Z"}
-    same_instant = {
-        **sms,
-        "started_at": "2025-10-20T15:34:56+03:00",
-        "ended_at": "2025-10-20T15:34:56+03:00",
-    }
-    events = [decode(orjson.dumps(e)) for e in (sms, later, sms, same_instant, later)]
-    assert [e.started_at for e in unique_events(events)] == [
-        events[0].started_at,
-        events[1].started_at,
+    corrected = {**sms, "started_at": "2025-10-20T12:34:57Z", "ended_at": "2025-10-20T12:34:57Z"}
+    other = {**sms, "event_id": "e-other"}
+    events = [decode(orjson.dumps(e)) for e in (sms, corrected, other, sms)]
+    kept = unique_events(events)
+    assert [(e.event_id, e.started_at) for e in kept] == [
+        (events[0].event_id, events[0].started_at),  # the first copy wins
+        ("e-other", events[2].started_at),
     ]
+
+
+@pytest.mark.parametrize("field", ["event_id", "source_id", "user_id"])
+def test_nul_in_a_text_field_is_rejected_with_a_reason(field: str) -> None:
+    with pytest.raises(DecodeErrors, match=f"{field} contains NUL"):
+        decode(orjson.dumps({**BASE, field: "a\x00b"}))
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [{"cell": "A\x001"}, {"x\x00": 1}, {"deep": [{"k": ["\x00"]}]}],
+)
+def test_nul_anywhere_in_meta_is_rejected_with_a_reason(meta: dict) -> None:
+    with pytest.raises(DecodeErrors, match="meta contains NUL"):
+        decode(orjson.dumps({**BASE, "meta": meta}))
+
+
+def test_text_that_only_looks_like_an_escaped_nul_is_kept() -> None:
+    # A literal backslash followed by "u0000" is ordinary text, for text and for jsonb.
+    e = decode(orjson.dumps({**BASE, "event_id": "\\u0000", "meta": {"k": "\\u0000"}}))
+    assert e.event_id == "\\u0000" and e.meta == {"k": "\\u0000"}
+
+
+def test_lone_surrogates_are_rejected_by_the_decoder() -> None:
+    raw = orjson.dumps(BASE).replace(b'"provider-1"', b'"provider-1\\ud800"')
+    assert b"ud800" in raw
+    with pytest.raises(DecodeErrors):
+        decode(raw)

@@ -220,7 +220,10 @@ def _finality(
     key = (settings.clickhouse_url, settings.clickhouse_database, cfg.topic, cfg.partitions)
     hit = _finality_cache.get(key)
     if hit is None:
-        fin = read_finality(client, cfg.topic, cfg.partitions)
+        # The pipeline never moves a watermark past processing time - lateness; the ceiling
+        # also holds back rows written before it kept that rule, or by a clock ahead.
+        ceiling = int(time.time() * 1000) - int(cfg.allowed_lateness_s * 1000)
+        fin = read_finality(client, cfg.topic, cfg.partitions, ceiling)
         hit = {"ms": fin.final_through_ms}
         _finality_cache.put(key, FINALITY_CACHE_S, hit)
     ms = hit["ms"]

@@ -16,12 +16,15 @@ class AdClicksConfig(BaseSettings):
     partitions: int = Field(default=4, ge=1, le=1024)
     #: watermark = max event time seen in a partition - allowed lateness
     allowed_lateness_s: float = Field(default=15.0, ge=0)
-    #: clicks stamped further ahead of processing time than this go to the DLQ
+    #: clicks stamped further ahead of their record's Kafka timestamp go to the DLQ
     max_future_s: float = Field(default=300.0, ge=0)
-    #: how many recent records per partition the dedup cache covers (and reloads after a
-    #: restart or a rebalance); duplicates further apart are found by `backfill`
-    dedup_window: int = Field(default=100_000, ge=1000)
-    #: ... written at most this long (Kafka time) before the batch that triggers the reload
-    dedup_horizon_s: float = Field(default=3600.0, gt=0)
+    #: copies of a click_id less than this far apart (Kafka time) are always counted once
+    #: (claims in Redis, see claims.py); copies up to twice as far apart usually are too
+    dedup_window_s: float = Field(default=24 * 3600.0, ge=1)
+    #: claims outlive their window by this much: a consumer outage up to this long between a
+    #: click and its copy still finds the claim
+    dedup_grace_s: float = Field(default=24 * 3600.0, ge=0)
+    #: `backfill --every`: how far back each scheduled run reconciles
+    backfill_lookback_s: float = Field(default=6 * 3600.0, gt=0)
     #: popular_ads answers are cached this long (seconds); 0 disables the cache
     popular_cache_s: float = Field(default=5.0, ge=0)

@@ -77,12 +77,13 @@ class RejectedClick(ValueError):
         self.kind = kind
 
 
-def decode_click(value: bytes | None, now_ms: int, max_future_ms: int) -> AdClick:
+def decode_click(value: bytes | None, reference_ms: int | None, max_future_ms: int) -> AdClick:
     """Decode and validate one Kafka record value.
 
     Raises :class:`RejectedClick` with a reason for malformed JSON, a schema violation, or an
-    event time more than ``max_future_ms`` ahead of ``now_ms`` (a bad clock must not move the
-    watermark)."""
+    event time more than ``max_future_ms`` ahead of ``reference_ms``: the record's Kafka
+    timestamp, so that a replay reaches the same verdict as the first pass (``None``: the
+    record has no timestamp, and the rule cannot be applied the same way twice)."""
     if not value:
         raise RejectedClick("empty record", "malformed")
     try:
@@ -94,9 +95,11 @@ def decode_click(value: bytes | None, now_ms: int, max_future_ms: int) -> AdClic
     country = click.country
     if not (country.isascii() and country.isalpha() and country.isupper()):
         raise RejectedClick(f"invalid click: country {country!r} is not an ISO code like US")
-    if click.click_timestamp > now_ms + max_future_ms:
-        ahead = (click.click_timestamp - now_ms) / 1000
-        raise RejectedClick(f"click_timestamp is {ahead:.0f}s in the future", "future")
+    if reference_ms is not None and click.click_timestamp > reference_ms + max_future_ms:
+        ahead = (click.click_timestamp - reference_ms) / 1000
+        raise RejectedClick(
+            f"click_timestamp is {ahead:.0f}s ahead of the record's Kafka timestamp", "future"
+        )
     return click
 
 

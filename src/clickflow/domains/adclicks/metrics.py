@@ -33,4 +33,23 @@ FINAL_DELAY = Gauge(
     "clickflow_adclicks_final_delay_seconds",
     "Processing time minus the end of the last final minute (min watermark over partitions)",
 )
-DEDUP_CACHE = Gauge("clickflow_adclicks_dedup_cache_ids", "click_ids held by the dedup cache")
+RECONCILE_RUNS = Counter("clickflow_adclicks_reconcile_runs", "Reconciliations (backfill) run")
+RECONCILE_DIFFERENCES = Gauge(
+    "clickflow_adclicks_reconcile_differences",
+    "Minute buckets whose aggregate differed from the raw store in the last reconciliation",
+)
+RECONCILE_CLICKS_OFF = Gauge(
+    "clickflow_adclicks_reconcile_clicks_off",
+    "Clicks by which the minute aggregate differed from the raw store in the last run",
+)
+RECONCILE_UNSTABLE = Gauge(
+    "clickflow_adclicks_reconcile_unstable",
+    "Buckets the last run left alone because live writes changed them between its two reads",
+)
+RECONCILE_CORRECTED = Counter(
+    "clickflow_adclicks_reconcile_corrected_clicks", "Clicks corrected by reconciliations"
+)
+RECONCILE_LAST = Gauge(
+    "clickflow_adclicks_reconcile_last_success_seconds",
+    "Unix time of the last finished reconciliation",
+)

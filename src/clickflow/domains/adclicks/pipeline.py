@@ -3,11 +3,13 @@
 Per batch, per partition chunk:
 
 1. decode each record (:func:`decode_click`); malformed ones and clicks stamped more than
-   ``max_future_s`` ahead of processing time become dead letters (they never reach the
-   watermark);
-2. drop copies of click_ids already counted (:mod:`.dedup`);
-3. advance the partition's watermark (max event time - allowed lateness); clicks older than
-   it are *late*: counted in metrics and still written, so they correct their minute;
+   ``max_future_s`` ahead of the record's Kafka timestamp become dead letters (a verdict
+   that is the same on replay);
+2. claim every click_id in Redis and drop copies of click_ids already counted, exactly, for
+   the whole dedup window (:mod:`.claims`);
+3. advance the partition's watermark (max event time - allowed lateness, never past
+   processing time - allowed lateness); clicks older than it are *late*: counted in metrics
+   and still written, so they correct their minute;
 4. insert the rows into ``ad_clicks_raw`` with the chunk's deduplication token. The
    materialized view sums them into ``ad_clicks_minute`` in the same insert, so a replayed
    chunk (exactly-once intent log after a crash) changes neither table.
@@ -21,12 +23,15 @@ import hashlib
 import logging
 import time
 
+from confluent_kafka import Message
+
 from clickflow.config import Settings
 from clickflow.domains.adclicks import metrics
+from clickflow.domains.adclicks.claims import ClickClaims, Verdicts, claim_id, claim_owner
 from clickflow.domains.adclicks.config import AdClicksConfig
-from clickflow.domains.adclicks.dedup import SeenClicks, load_recent, origin
 from clickflow.domains.adclicks.events import (
     RAW_COLUMNS,
+    AdClick,
     RawRow,
     RejectedClick,
     decode_click,
@@ -38,7 +43,6 @@ from clickflow.exactly_once.intent_log import ClickHouseIntentLog
 from clickflow.kafka.batch import Batch, BatchTrigger, Chunk
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
-from clickflow.logs import log_fields
 from clickflow.pipelines import PipelineOptions, PipelineSpec
 from clickflow.stores.clickhouse import clickhouse_client
 
@@ -57,33 +61,32 @@ class AdClicksHandler:
         self.config = config
         self.lateness_ms = int(config.allowed_lateness_s * 1000)
         self.max_future_ms = int(config.max_future_s * 1000)
-        self.seen = SeenClicks(config.dedup_window)
+        self.claims = ClickClaims(
+            settings, f"adclicks:seen:{config.topic}:", config.dedup_window_s, config.dedup_grace_s
+        )
         self.max_event: dict[int, int] = {}  # partition -> max click time seen (ms)
         self._next_offset: dict[TP, int] = {}
-        self._warmed = False
+        self.clock = time.time  # processing time (s); tests move it
 
     # -- state -------------------------------------------------------------------------------
 
-    def _warm(self, batch: Batch, jumped: list[int]) -> None:
+    def _load_maxima(self) -> None:
         """Partitions new to this process or whose offsets jumped (start, crash, rebalance):
-        reload recent click_ids from the raw store — of every partition the first time
-        (a copy may sit on another partition), then of the jumped ones only — and the
-        persisted watermarks."""
+        take the persisted per-partition maxima (another consumer may have moved them)."""
         client = clickhouse_client(self.settings)
-        first_ts = [c.messages[0].timestamp()[1] for c in batch.chunks]
-        since = min(first_ts) - int(self.config.dedup_horizon_s * 1000)
-        only = jumped if self._warmed else None
-        items = load_recent(client, since, self.config.dedup_window, only)
-        self.seen.add(items)
-        self._warmed = True
         for p, mx in load_partition_maxima(client, self.config.topic).items():
             self.max_event[p] = max(self.max_event.get(p, mx), mx)
-        log.info(
-            "dedup cache warmed",
-            extra=log_fields(
-                pipeline="adclicks", partitions=only or "all", click_ids=len(items), since_ms=since
-            ),
-        )
+
+    def watermark(self, partition: int, now_ms: int) -> int | None:
+        """max click time - allowed lateness, never past processing time - lateness: a click
+        stamped ahead (up to ``max_future_s``) must not make minutes final early."""
+        mx = self.max_event.get(partition)
+        return None if mx is None else min(mx, now_ms) - self.lateness_ms
+
+    def _final_end(self, now_ms: int) -> int | None:
+        if len(self.max_event) < self.config.partitions:
+            return None
+        return min(min(mx, now_ms) for mx in self.max_event.values()) - self.lateness_ms
 
     # -- batch -------------------------------------------------------------------------------
 
@@ -91,49 +94,75 @@ class AdClicksHandler:
         client = clickhouse_client(self.settings)
         letters: list[DeadLetter] = []
         touched: set[int] = set()
-        # A retried batch (the sink failed part-way) also lands here: its written chunks are
-        # replays (see _rows).
-        jumped = [
-            c.partition
-            for c in batch.chunks
-            if self._next_offset.get((c.topic, c.partition)) != c.first_offset
-        ]
-        if jumped:
-            self._warm(batch, jumped)
-        for chunk in batch.chunks:
+        if any(
+            self._next_offset.get((c.topic, c.partition)) != c.first_offset for c in batch.chunks
+        ):
+            self._load_maxima()
+        now_ms = int(self.clock() * 1000)
+        decoded = [self._decode(chunk, letters) for chunk in batch.chunks]
+        verdicts = self._claim(decoded)
+        base = 0
+        for chunk, clicks in zip(batch.chunks, decoded, strict=True):
             token = chunk.token(batch.group)
-            tp = (chunk.topic, chunk.partition)
-            rows, fresh, chunk_letters, max_ms, stats = self._rows(chunk, token_hash(token))
+            chunk_hash = token_hash(token)
+            rows, max_ms, stats = self._rows(chunk, clicks, base, verdicts, chunk_hash, now_ms)
+            base += len(clicks)
             if rows:
                 insert_chunk(client, "ad_clicks_raw", encode_rows(rows), token, columns=RAW_COLUMNS)
-            # Written: now the chunk's effects on the in-memory state are real.
-            self.seen.add(fresh)
             if max_ms is not None:
                 self.max_event[chunk.partition] = max_ms
                 touched.add(chunk.partition)
-            self._next_offset[tp] = chunk.last_offset + 1
-            letters += chunk_letters
+            self._next_offset[(chunk.topic, chunk.partition)] = chunk.last_offset + 1
             self._observe(chunk, len(rows), stats)
         if touched:
-            now_ms = int(time.time() * 1000)
-            marks = {p: (self.max_event[p], self.max_event[p] - self.lateness_ms) for p in touched}
+            marks = {p: (self.max_event[p], self.watermark(p, now_ms)) for p in touched}
             save_watermarks(client, self.config.topic, self.config.partitions, marks, now_ms)
             for p, (_, wm) in marks.items():
                 metrics.WATERMARK_DELAY.labels(str(p)).set((now_ms - wm) / 1000)
-            if len(self.max_event) >= self.config.partitions:
-                final_end = min(self.max_event.values()) - self.lateness_ms
+            final_end = self._final_end(now_ms)
+            if final_end is not None:
                 metrics.FINAL_DELAY.set((now_ms - final_end // MINUTE_MS * MINUTE_MS) / 1000)
-        metrics.DEDUP_CACHE.set(len(self.seen))
         return letters
 
-    def _first_written_here(self, chunk: Chunk, chunk_hash: int) -> bool:
-        """Were the already-written records of this chunk first written by this very chunk
-        (same offset range, same token)? Then writing them again is a no-op per table."""
+    def _decode(self, chunk: Chunk, letters: list[DeadLetter]) -> list[tuple[Message, AdClick]]:
+        """Valid clicks of a chunk; the others become dead letters. "Too far in the future"
+        is judged against the record's Kafka timestamp, so a replay reaches the same verdict."""
+        out = []
+        rejected: dict[str, int] = {}
+        for m in chunk.messages:
+            kafka_ms = m.timestamp()[1]
+            try:
+                c = decode_click(m.value(), kafka_ms if kafka_ms > 0 else None, self.max_future_ms)
+            except RejectedClick as e:
+                letters.append(DeadLetter(m, str(e)))
+                rejected[e.kind] = rejected.get(e.kind, 0) + 1
+                continue
+            out.append((m, c))
+        for kind, n in rejected.items():
+            metrics.REJECTED.labels(kind).inc(n)
+        return out
+
+    def _claim(self, decoded: list[list[tuple[Message, AdClick]]]) -> Verdicts:
+        buckets: list[int] = []
+        claims: list[bytes] = []
+        bucket = self.claims.bucket
+        for clicks in decoded:
+            for m, c in clicks:
+                kafka_ms = m.timestamp()[1]
+                buckets.append(bucket(kafka_ms))
+                claims.append(
+                    claim_id(c.click_id) + claim_owner(m.partition(), m.offset(), kafka_ms)
+                )
+        return self.claims.claim(buckets, claims)
+
+    def _written(self, chunk: Chunk) -> dict[int, int]:
+        """offset -> chunk_hash of the records of this chunk already in the raw store."""
         stamps = [m.timestamp()[1] for m in chunk.messages]
         rows = (
             clickhouse_client(self.settings)
             .query(
-                "SELECT DISTINCT chunk_hash FROM ad_clicks_raw WHERE kafka_partition = {p:UInt16} "
+                "SELECT kafka_offset, chunk_hash FROM ad_clicks_raw "
+                "WHERE kafka_partition = {p:UInt16} "
                 "AND kafka_offset >= {a:UInt64} AND kafka_offset <= {b:UInt64} "
                 "AND ingest_ms >= {t0:Int64} AND ingest_ms <= {t1:Int64}",
                 parameters={
@@ -146,66 +175,53 @@ class AdClicksHandler:
             )
             .result_rows
         )
-        return [r[0] for r in rows] == [chunk_hash]
+        return {int(o): int(h) for o, h in rows}
 
     def _rows(
-        self, chunk: Chunk, chunk_hash: int
-    ) -> tuple[list[RawRow], dict[str, int], list[DeadLetter], int | None, tuple]:
-        now_ms = int(time.time() * 1000)
-        seen = self.seen
-        fresh: dict[str, int] = {}  # click_id -> origin, first copies in this chunk
-        get = seen.get
+        self,
+        chunk: Chunk,
+        clicks: list[tuple[Message, AdClick]],
+        base: int,
+        verdicts: Verdicts,
+        chunk_hash: int,
+        now_ms: int,
+    ) -> tuple[list[RawRow], int | None, tuple]:
         rows: list[RawRow] = []
-        letters: list[DeadLetter] = []
         partition = chunk.partition
-        base = origin(partition, 0)
         max_ms = self.max_event.get(partition)
         lateness = self.lateness_ms
-        final_end = None
-        if len(self.max_event) >= self.config.partitions:
-            final_end = (min(self.max_event.values()) - lateness) // MINUTE_MS * MINUTE_MS
+        final_end = self._final_end(now_ms)
         dups = replays = late = late_final = 0
-        rewrite: bool | None = None
-        rejected: dict[str, int] = {}
-        for m in chunk.messages:
-            try:
-                c = decode_click(m.value(), now_ms, self.max_future_ms)
-            except RejectedClick as e:
-                letters.append(DeadLetter(m, str(e)))
-                rejected[e.kind] = rejected.get(e.kind, 0) + 1
-                continue
-            cid = c.click_id
-            if cid in fresh:
-                dups += 1
+        written: dict[int, int] | None = None
+        duplicates, own = verdicts.duplicates, verdicts.replays
+        for i, (m, c) in enumerate(clicks, base):
+            if i in duplicates:
+                dups += 1  # a copy of a click another record claimed
                 continue
             offset = m.offset()
-            here = base | offset  # origin(partition, offset)
-            first = get(cid)
-            if first is not None:
-                if first != here:
-                    dups += 1  # a copy of a click already written
-                    continue
-                # The same record read again (crash, rebalance, retried batch). If it was
-                # first written by this same chunk (exactly-once replay of a recorded chunk),
-                # write it again with the same token: ClickHouse drops the repeat per table
-                # and fills the view if a crash fell between the raw part and the view's
-                # part. Otherwise (at-least-once re-read, another group) drop it.
+            if i in own:
+                # The same record read again (crash, rebalance, retried batch, another
+                # group). Written by this same chunk (exactly-once replay of a recorded
+                # chunk): write it again with the same token, ClickHouse drops the repeat per
+                # table and fills the view if a crash fell between the raw part and the
+                # view's part. Written by another chunk: drop it. Never written (a crash
+                # between the claim and the insert): write it.
                 replays += 1
-                if rewrite is None:
-                    rewrite = self._first_written_here(chunk, chunk_hash)
-                if not rewrite:
+                if written is None:
+                    written = self._written(chunk)
+                first = written.get(offset)
+                if first is not None and first != chunk_hash:
                     continue
-            fresh[cid] = here
             ts = c.click_timestamp
             if max_ms is None or ts > max_ms:
                 max_ms = ts
-            elif ts < max_ms - lateness:
+            elif ts < min(max_ms, now_ms) - lateness:
                 late += 1
-                if final_end is not None and ts < final_end:
+                if final_end is not None and ts < final_end // MINUTE_MS * MINUTE_MS:
                     late_final += 1
             rows.append(
                 RawRow(
-                    cid,
+                    c.click_id,
                     c.ad_id,
                     ts,
                     c.user_id,
@@ -219,10 +235,10 @@ class AdClicksHandler:
                     chunk_hash,
                 )
             )
-        return rows, fresh, letters, max_ms, (dups, replays, late, late_final, rejected)
+        return rows, max_ms, (dups, replays, late, late_final)
 
     def _observe(self, chunk: Chunk, accepted: int, stats: tuple) -> None:
-        dups, replays, late, late_final, rejected = stats
+        dups, replays, late, late_final = stats
         metrics.CLICKS.inc(accepted)
         if dups:
             metrics.DUPLICATES.inc(dups)
@@ -232,8 +248,6 @@ class AdClicksHandler:
             metrics.LATE.inc(late)
         if late_final:
             metrics.LATE_AFTER_FINAL.inc(late_final)
-        for kind, n in rejected.items():
-            metrics.REJECTED.labels(kind).inc(n)
         last_ts = chunk.messages[-1].timestamp()[1]
         if last_ts > 0:
             lag = max(0.0, time.time() - last_ts / 1000)

@@ -1,7 +1,9 @@
 """Event-time watermarks: per Kafka partition, persisted so the API can say what is final.
 
 A partition's watermark is the largest click time it has delivered minus the allowed
-lateness. A minute [m, m+1) is *final* once the smallest watermark over all partitions of
+lateness, but never later than processing time minus the allowed lateness (clicks may be
+stamped up to ``max_future_s`` ahead; they must not make minutes final that still receive
+clicks). A minute [m, m+1) is *final* once the smallest watermark over all partitions of
 the topic is at or past m+1: every partition has moved on, so only events later than the
 allowed lateness can still change it (they are counted as late and still corrected).
 A partition that has never reported holds finality back: being conservative is the point.
@@ -30,7 +32,11 @@ class Finality:
         return self.watermark_ms // MINUTE_MS * MINUTE_MS - MINUTE_MS
 
 
-def read_finality(client: Client, topic: str, partitions: int) -> Finality:
+def read_finality(
+    client: Client, topic: str, partitions: int, ceiling_ms: int | None = None
+) -> Finality:
+    """The persisted watermarks; with ``ceiling_ms`` (processing time - allowed lateness),
+    never past it."""
     rows = client.query(
         "SELECT kafka_partition, max(watermark_ms), max(partitions) FROM ad_clicks_watermarks "
         "WHERE topic = {topic:String} GROUP BY kafka_partition",
@@ -39,6 +45,8 @@ def read_finality(client: Client, topic: str, partitions: int) -> Finality:
     expected = max([partitions] + [int(r[2]) for r in rows])
     marks = {int(p): int(w) for p, w, _ in rows if int(p) < expected}
     wm = min(marks.values()) if len(marks) == expected else None
+    if wm is not None and ceiling_ms is not None:
+        wm = min(wm, ceiling_ms)
     return Finality(wm, len(marks), expected)
 
 

@@ -1,7 +1,7 @@
 """The telecom domain (seed 004): mobile network usage on PostgreSQL, HTTP and gRPC.
 
     events.telecom (8 partitions, key user_id)
-      ├─ telecom-ingest     → telecom.events_raw (monthly partitions, dedup by key)   [DLQ]
+      ├─ telecom-ingest     → telecom.events_raw (monthly partitions) + event_keys     [DLQ]
       └─ telecom-aggregate  → agg_day, agg_month, agg_global_day/month (+ agg_applied)
                                └─ version → Redis ← cached answers ← HTTP + gRPC (queries.py)
 

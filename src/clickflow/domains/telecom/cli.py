@@ -61,7 +61,7 @@ def retention(
     months: Annotated[int, typer.Option(help="keep this many months before the current one")],
     dry_run: Annotated[bool, typer.Option(help="only list what would be dropped")] = False,
 ) -> None:
-    """Drop the month partitions (events_raw, agg_applied) older than N months."""
+    """Drop the events_raw month partitions older than N months (and those events' keys)."""
     import psycopg
 
     from clickflow.config import get_settings
@@ -78,7 +78,7 @@ def retention(
                 "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                 "JOIN pg_class p ON p.oid = i.inhparent "
                 "JOIN pg_namespace n ON n.oid = p.relnamespace "
-                "WHERE n.nspname = 'telecom' AND p.relname IN ('events_raw', 'agg_applied') "
+                "WHERE n.nspname = 'telecom' AND p.relname = 'events_raw' "
                 "ORDER BY 1"
             ).fetchall()
             names = [r[0] for r in rows if r[0][-8:] < keep_from.strftime("y%Ym%m")]

@@ -4,7 +4,10 @@ generator and the verify mode.
 Decoding is strict: unknown types, wrong JSON types, missing fields, naive timestamps and
 negative numbers are rejected by msgspec; the cross-field rules (``ended_at >= started_at``,
 the duration fits in the interval, SMS carry no duration or bytes, calls carry no bytes)
-are checked in ``__post_init__``. A rejected record goes to the DLQ with the reason.
+are checked in ``__post_init__``. Text PostgreSQL cannot store is rejected too
+(:class:`UnstorableText`): NUL in any text field, ``\\u0000`` anywhere in ``meta`` (jsonb
+refuses it: "unsupported Unicode escape sequence"). Lone surrogates never get this far:
+msgspec refuses them while decoding. A rejected record goes to the DLQ with the reason.
 """
 
 from __future__ import annotations
@@ -67,18 +70,59 @@ class TelecomEvent(Struct, kw_only=True):
             raise ValueError("a call has no data bytes")
 
     @property
-    def key(self) -> tuple[str, str, datetime]:
-        """The deduplication key (see schema_postgres.sql for why started_at is in it)."""
-        return (self.source_id, self.event_id, self.started_at)
+    def key(self) -> tuple[str, str]:
+        """The deduplication key (seed 004): the same event re-sent with another
+        ``started_at`` is still the same event."""
+        return (self.source_id, self.event_id)
+
+
+class UnstorableText(ValueError):
+    """A text field holds what PostgreSQL cannot store (NUL in text or in jsonb)."""
 
 
 _decoder = msgspec.json.Decoder(TelecomEvent)
 _encoder = msgspec.json.Encoder()
+TEXT_FIELDS = ("event_id", "source_id", "user_id")
 
 
 def decode(raw: bytes) -> TelecomEvent:
-    """Decode and validate one record; raises ``msgspec.ValidationError`` / ``DecodeError``."""
-    return _decoder.decode(raw)
+    """Decode and validate one record; raises ``msgspec.ValidationError`` / ``DecodeError``
+    or :class:`UnstorableText`."""
+    event = _decoder.decode(raw)
+    # JSON can only carry NUL as the escape \u0000 (a raw control byte is a decode error):
+    # without one in the record, no field holds NUL, and the usual record costs one scan.
+    if b"\\u0000" in raw:
+        _check_nul(event)
+    return event
+
+
+def _check_nul(event: TelecomEvent) -> None:
+    for name in TEXT_FIELDS:
+        if "\x00" in getattr(event, name):
+            raise UnstorableText(f"{name} contains NUL (U+0000), which PostgreSQL cannot store")
+    if _has_nul(event.meta):
+        raise UnstorableText("meta contains NUL (U+0000), which PostgreSQL jsonb cannot store")
+
+
+def _has_nul(value: Any) -> bool:
+    """Is there a NUL in any string (key or value) of a decoded JSON value?"""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def meta_json(event: TelecomEvent) -> str:
+    """``meta`` as JSON text for jsonb (msgspec: integers of any size, unlike orjson)."""
+    return _encoder.encode(event.meta).decode() if event.meta else "{}"
 
 
 def encode(event: TelecomEvent) -> bytes:
@@ -87,4 +131,10 @@ def encode(event: TelecomEvent) -> bytes:
 
 # msgspec raises UnicodeDecodeError for a string that is not UTF-8 and RecursionError for JSON
 # nested thousands deep (in ``meta``): both are bad records, not a failing sink.
-DecodeErrors = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+DecodeErrors = (
+    msgspec.ValidationError,
+    msgspec.DecodeError,
+    UnicodeDecodeError,
+    RecursionError,
+    UnstorableText,
+)

@@ -1,13 +1,15 @@
 """Two consumer groups on ``events.telecom`` (8 partitions, keyed by user_id):
 
-* ``telecom-ingest``    decode + validate, write ``events_raw`` (dedup by key);
+* ``telecom-ingest``    decode + validate, write ``events_raw`` (dedup by source_id, event_id);
 * ``telecom-aggregate`` add each event once to ``agg_day`` / ``agg_month`` / global, then
   publish the new aggregate version to Redis (the API cache key).
 
 Delivery is at-least-once: offsets are committed by the framework after ``handle`` returned,
-i.e. after the batch's transaction committed. The writes are idempotent (ON CONFLICT on the
-event key; the aggregator's ``agg_applied`` key table is written in the same transaction as
-the sums), so a redelivered batch changes nothing: the effect is exactly-once. Invalid
+i.e. after the batch's transaction committed. The writes are idempotent: each group inserts
+the events' (source_id, event_id) into its own key table (``event_keys``, ``agg_applied``)
+in the same transaction as the rows or the sums, ON CONFLICT DO NOTHING, and writes only the
+events whose key was new. A redelivered batch, or an event re-sent with another
+``started_at``, changes nothing: the effect is exactly-once. Invalid
 records go to ``events.telecom.dlq`` with the reason (sent by the ingestor only, so each
 appears there once).
 """

@@ -3,8 +3,10 @@
 Both writers take a list of validated events, deduplicated within the list, and write them
 in ONE transaction: a COPY into a session temp table, then one set-based statement. A
 failure rolls the whole batch back and the consumer framework retries it; the writes are
-idempotent (ON CONFLICT DO NOTHING on the dedup key), so a retry or a redelivery after a
-crash changes nothing twice.
+idempotent (each writer first inserts the events' keys (source_id, event_id) into its own
+unpartitioned key table, ON CONFLICT DO NOTHING, and writes only the events whose key was
+new), so a retry, a redelivery after a crash or a re-send with another ``started_at``
+changes nothing twice.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-import orjson
 import psycopg
 from prometheus_client import Counter
 
-from clickflow.domains.telecom.events import TelecomEvent
+from clickflow.domains.telecom.events import TelecomEvent, meta_json
 from clickflow.logs import log_fields
 
 log = logging.getLogger("clickflow.telecom")
@@ -41,13 +42,22 @@ CREATE TEMP TABLE IF NOT EXISTS tc_stage (
 ) ON COMMIT DELETE ROWS
 """
 
+# The key table decides (seed 004: an event is (source_id, event_id)); a partitioned table
+# cannot have that unique key itself (it must contain the partition key). Two ingestors
+# meeting the same new keys in different orders can deadlock: PostgreSQL aborts one
+# transaction and the framework retries its batch.
 INSERT_RAW_SQL = """
+WITH new AS (
+    INSERT INTO telecom.event_keys (source_id, event_id, started_at)
+    SELECT source_id, event_id, started_at FROM tc_stage
+    ON CONFLICT (source_id, event_id) DO NOTHING
+    RETURNING source_id, event_id
+)
 INSERT INTO telecom.events_raw (source_id, event_id, user_id, type, started_at, ended_at,
                                 duration_sec, bytes_up, bytes_down, meta)
-SELECT source_id, event_id, user_id, type, started_at, ended_at,
-       duration_sec, bytes_up, bytes_down, meta
-FROM tc_stage
-ON CONFLICT (source_id, event_id, started_at) DO NOTHING
+SELECT s.source_id, s.event_id, s.user_id, s.type, s.started_at, s.ended_at,
+       s.duration_sec, s.bytes_up, s.bytes_down, s.meta
+FROM tc_stage s JOIN new n USING (source_id, event_id)
 """
 
 # One statement: record the keys not applied yet, then add exactly those events to every
@@ -57,12 +67,12 @@ APPLY_AGG_SQL = """
 WITH new AS (
     INSERT INTO telecom.agg_applied (source_id, event_id, started_at)
     SELECT source_id, event_id, started_at FROM tc_stage
-    ON CONFLICT (source_id, event_id, started_at) DO NOTHING
-    RETURNING source_id, event_id, started_at
+    ON CONFLICT (source_id, event_id) DO NOTHING
+    RETURNING source_id, event_id
 ), fresh AS (
     SELECT s.user_id, s.type, s.duration_sec, s.bytes_up, s.bytes_down,
            (s.started_at AT TIME ZONE 'UTC')::date AS day
-    FROM tc_stage s JOIN new n USING (source_id, event_id, started_at)
+    FROM tc_stage s JOIN new n USING (source_id, event_id)
 ), by_user_day AS (
     SELECT user_id, day, type, count(*) AS events, sum(duration_sec) AS duration_sec,
            sum(bytes_up) AS bytes_up, sum(bytes_down) AS bytes_down
@@ -134,22 +144,14 @@ def add_months(d: date, n: int) -> date:
 
 
 def unique_events(events: list[TelecomEvent]) -> list[TelecomEvent]:
-    """Drop duplicates inside one batch (same key); the first one wins.
-
-    Keyed on the two strings first: hashing aware datetimes is slow, and the same
-    (source_id, event_id) with another started_at is rare enough to compare by hand."""
-    seen: dict[tuple[str, str], TelecomEvent | list[TelecomEvent]] = {}
+    """Drop duplicates inside one batch (same (source_id, event_id)); the first one wins,
+    as it does across batches (the key tables keep the first writer's row)."""
+    seen: set[tuple[str, str]] = set()
     out: list[TelecomEvent] = []
     for e in events:
         k = (e.source_id, e.event_id)
-        prev = seen.get(k)
-        if prev is None:
-            seen[k] = e
-            out.append(e)
-            continue
-        same = prev if isinstance(prev, list) else [prev]
-        if all(p.started_at != e.started_at for p in same):
-            seen[k] = [*same, e]
+        if k not in seen:
+            seen.add(k)
             out.append(e)
     return out
 
@@ -199,7 +201,6 @@ class Partitions:
 
 
 def _copy_stage(cur: psycopg.Cursor, events: list[TelecomEvent]) -> None:
-    dumps = orjson.dumps
     with cur.copy(f"COPY tc_stage ({COLUMNS}) FROM STDIN") as copy:
         write = copy.write_row
         for e in events:
@@ -214,7 +215,7 @@ def _copy_stage(cur: psycopg.Cursor, events: list[TelecomEvent]) -> None:
                     e.duration_sec,
                     e.bytes_up,
                     e.bytes_down,
-                    dumps(e.meta).decode() if e.meta else "{}",
+                    meta_json(e),
                 )
             )
 
@@ -262,7 +263,8 @@ class _Writer:
 
 
 class RawWriter(_Writer):
-    """events_raw: COPY to a temp table, INSERT ... ON CONFLICT DO NOTHING, one transaction."""
+    """events_raw: COPY to a temp table, claim the keys in event_keys, insert the events
+    whose key was new; one transaction."""
 
     def write(self, events: list[TelecomEvent]) -> WriteResult:
         if not events:
@@ -272,7 +274,8 @@ class RawWriter(_Writer):
 
 
 class AggregateWriter(_Writer):
-    """agg_day / agg_month / global: only events whose key is new in agg_applied count."""
+    """agg_day / agg_month / global: only events whose (source_id, event_id) is new in
+    agg_applied count."""
 
     def write(self, events: list[TelecomEvent]) -> WriteResult:
         if not events:
