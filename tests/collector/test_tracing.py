@@ -22,7 +22,7 @@ from clickflow.observability import tracing
 from clickflow.pipelines import PipelineOptions, PipelineSpec, build_consumer
 from clickflow.stores.clickhouse import clickhouse_client
 
-from ..domains.ugc.helpers import ugc_config
+from ..domains.ugc.support import ugc_config
 from .conftest import StartCollector, read_raw
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -18,7 +18,7 @@ from clickflow.kafka.topics import TopicSpec, ensure_topics
 from clickflow.runtime.ports import free_port
 from clickflow.runtime.supervisor import Child, Supervisor
 
-from .conftest import Truth, make_events
+from .support import Truth, make_events
 from .test_pipeline import count, produce
 
 

@@ -18,7 +18,7 @@ from clickflow.health import health_router
 from clickflow.kafka.topics import TopicSpec, ensure_topics
 from clickflow.runtime.ports import free_port
 
-from .conftest import make_events
+from .support import make_events
 from .test_pipeline import count, produce
 from .test_process_health import ingest_cmd, process_env
 
