@@ -30,7 +30,7 @@ PAGE_VIEW_SQL = """
     SELECT user_id, page_view_id, page_type, toUnixTimestamp64Milli(started_at),
            if(ended_at IS NULL, NULL, toUnixTimestamp64Milli(assumeNotNull(ended_at))),
            duration_seconds, paired
-    FROM ugc_page_view ORDER BY user_id, page_view_id, paired
+    FROM ugc_page_view FINAL ORDER BY user_id, page_view_id, paired
 """
 
 Row = tuple  # (user_id, page_view_id, page_type, start_ms, end_ms | None, duration | None, paired)
@@ -143,7 +143,7 @@ class Tracking:
 
 
 def ugc_config(topic: str, **kw) -> UgcConfig:
-    return UgcConfig(topic=topic, redis_prefix=f"pv{uuid.uuid4().hex[:8]}:", **kw)
+    return UgcConfig(topic=topic, redis_prefix=f"ugc{uuid.uuid4().hex[:8]}:", **kw)
 
 
 def run_pipeline(

@@ -132,17 +132,19 @@ def test_interrupted_orphan_sweep_is_redone_with_the_same_rows(rsettings: Settin
             raise ConnectionError(f"simulated crash at {point}")
 
     handler = UgcHandler(rsettings, ugc_config("unused"), background_sweep=False, fault=fault)
-    halves = [Half("s", f"e{i}", f"u{i}", f"pv{i}", BASE_TS + i, "movie") for i in range(5)] + [
-        Half("e", "e-end", "u0", "pv0", BASE_TS + 700, "movie")
-    ]
-    plan = handler.pairing.plan(halves)
+    halves = [
+        Half("s", f"e{i}", f"u{i}", f"pv{i}", BASE_TS + i, "movie", BASE_TS + i) for i in range(5)
+    ] + [Half("e", "e-end", "u0", "pv0", BASE_TS + 700, "movie", BASE_TS + 700)]
+    plan = handler.pairing.plan(halves, 0, BASE_TS + 700, 5)
     assert len(plan.rows) == 1  # pv0 paired within the chunk
     handler._insert("ugc_page_view", plan.rows, "chunk-1")
     handler.pairing.apply(plan)
     with pytest.raises(ConnectionError):
         handler.sweep(now_ms=FAR_FUTURE_MS)
     # The intent and tombstones are recorded: a new end is late, the redo emits the same rows.
-    late = handler.pairing.plan([Half("e", "late", "u1", "pv1", BASE_TS + 9, "movie")])
+    late = handler.pairing.plan(
+        [Half("e", "late", "u1", "pv1", BASE_TS + 9, "movie", BASE_TS + 9)], 0, BASE_TS + 9, 6
+    )
     assert late.rows == [] and late.late == 1
     assert handler.sweep(now_ms=FAR_FUTURE_MS) == 4
     rows = page_views(rsettings)

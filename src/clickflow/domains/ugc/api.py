@@ -2,7 +2,8 @@
 
 Every route takes a half-open time range ``[start, end)`` (ISO 8601; default: the last 24 h)
 and runs parameterized SQL only. Event tables are ReplacingMergeTree (exact re-sends
-collapse), so they are read with FINAL; page views are exact as written.
+collapse), so they are read with FINAL; so is ``ugc_page_view`` (a paired row replaces an
+unpaired one of the same page view, see :mod:`clickflow.domains.ugc.pairing`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ CLICKS_SQL = {
 TIME_ON_PAGE_SQL = """
     SELECT page_type, count() AS page_views, countIf(paired = 1) AS ended,
            avgIf(duration_seconds, paired = 1) AS avg_seconds
-    FROM ugc_page_view
+    FROM ugc_page_view FINAL
     WHERE started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}
     GROUP BY page_type ORDER BY page_views DESC, page_type
 """

@@ -33,14 +33,27 @@ class UgcConfig(BaseSettings):
     batch_records: int = Field(default=50_000, ge=1)  # big batches: fewer, larger inserts
     batch_seconds: float = Field(default=1.0, gt=0)
 
-    # Pairing
-    page_view_max_wait_seconds: float = Field(default=12 * 3600, gt=0)  # then paired=false
-    half_ttl_grace_seconds: float = Field(default=3600, ge=0)  # Redis TTL = max_wait + grace
+    # Pairing, on the Kafka clock (see clickflow.domains.ugc.pairing): a half waits this
+    # long after it reached Kafka, measured by the timestamps of the records that follow it
+    # on its partition; then a start is emitted with paired = 0 and an end is dropped.
+    page_view_max_wait_seconds: float = Field(default=12 * 3600, gt=0)
     done_ttl_seconds: float | None = Field(default=None, gt=0)  # tombstone; None = max_wait
     sweep_interval_seconds: float = Field(default=60, gt=0)
-    sweep_limit: int = Field(default=10000, ge=1)
+    sweep_limit: int = Field(default=10000, ge=1)  # halves expired per chunk / per sweep round
+    # An idle partition (nothing left to read) has no record to move its clock: the
+    # background sweep moves it to the wall clock minus this margin (the producers' clock
+    # skew), so a lone start is still emitted about max_wait after it was sent.
+    idle_clock_margin_seconds: float = Field(default=60, ge=0)
     dedup_window_seconds: int = Field(default=7 * 24 * 3600, gt=0)  # event_id claims live this long
-    redis_prefix: str = "pv:"  # keys: {prefix}{page_view_id}.{user_id}, {prefix}pending, ...
+    # Every Redis key of the pipeline starts with this prefix, then one fixed namespace per
+    # purpose: pv: (pairing state), pending:, ended:, clock, sweep (the sweep), seen: (claims).
+    redis_prefix: str = "ugc:"
+
+    # Verdicts, from the record and the time it reached Kafka (never the processing clock,
+    # so a replay reaches the same verdict): a timestamp this far after its Kafka time is
+    # "in the future", one older than the tables' retention (TTL 365 days) "too old".
+    max_future_seconds: float = Field(default=300, ge=0)
+    retention_days: int = Field(default=365, ge=1)
 
     def trigger(self) -> BatchTrigger:
         if self.schedule_seconds:
@@ -48,9 +61,9 @@ class UgcConfig(BaseSettings):
         return BatchTrigger(max_records=self.batch_records, max_seconds=self.batch_seconds)
 
     @property
-    def half_ttl_seconds(self) -> int:
-        return int(self.page_view_max_wait_seconds + self.half_ttl_grace_seconds) + 1
+    def max_wait_ms(self) -> int:
+        return int(self.page_view_max_wait_seconds * 1000)
 
     @property
-    def tombstone_ttl_seconds(self) -> int:
-        return int(self.done_ttl_seconds or self.page_view_max_wait_seconds) + 1
+    def tombstone_ms(self) -> int:
+        return int((self.done_ttl_seconds or self.page_view_max_wait_seconds) * 1000)

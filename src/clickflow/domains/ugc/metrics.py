@@ -13,13 +13,20 @@ DUPLICATES = Counter(
 )
 PAIRS = Counter("clickflow_ugc_page_views_paired", "Page views emitted with both halves")
 ORPHANS = Counter(
-    "clickflow_ugc_orphans_expired", "Starts with no end after the max wait, emitted unpaired"
+    "clickflow_ugc_orphans_expired",
+    "Starts with no end after the max wait (Kafka time), emitted unpaired",
 )
 ORPHAN_ENDS = Counter(
-    "clickflow_ugc_orphan_ends_expired", "Ends whose start never came, dropped after the max wait"
+    "clickflow_ugc_orphan_ends_expired",
+    "Ends whose start never came, dropped after the max wait (Kafka time)",
 )
 LATE_ENDS = Counter(
     "clickflow_ugc_late_ends", "Ends that arrived after their start was emitted unpaired"
+)
+MISSING = Counter(
+    "clickflow_ugc_pairing_state_missing",
+    "Waiting page views whose Redis hash was found empty at the end of their wait "
+    "(deleted outside clickflow; their halves cannot be emitted)",
 )
 UNENDED_SHARE = Gauge(
     "clickflow_ugc_page_views_unended_share",

@@ -1,71 +1,75 @@
 """Pairing page_view_start / page_view_end into page views, exactly once, through Redis.
 
 A page view is identified by ``(user_id, page_view_id)``. Its halves may arrive in any order,
-in one batch or many, duplicated, and the consumer may be killed at any instant.
+in one batch or many, duplicated, after any outage, and the consumer may be killed at any
+instant.
 
-State (Redis), per page view, one hash ``pv:{page_view_id}.{user_id}``:
+The clock. A half waits ``page_view_max_wait_seconds`` (12 h) of *Kafka time*: the
+timestamps of the records that reached its partition after it (the collector keys records
+by user_id, so both halves of a page view share a partition). A partition's clock is the
+largest Kafka timestamp of the chunk being handled; it moves only when records are
+consumed, so an outage of the consumer, Redis or ClickHouse, however long, stops it: an end
+that reached Kafka within 12 h of its start pairs with it, whenever it is consumed. The
+verdict depends only on the log and on the chunk boundaries, which the consumer framework
+replays identically, so a replay reaches the same one. A partition with nothing left to
+read has no record to move its clock; the background sweep moves it to the wall clock
+(minus the producers' clock skew) only when the partition is read to its end.
 
-* ``s`` / ``e`` — the start / end half still waiting for its partner (JSON), written with
-  HSETNX so the first one stored wins and re-writing it is a no-op;
-* ``d`` — a tombstone once the page view was emitted (``p`` paired, ``o`` orphan). The halves
-  are dropped then; the tombstone lives ``done_ttl`` (default: the max wait, 12 h) so a late
-  duplicate of either half is recognised and dropped instead of opening a second page view.
+State (Redis; every key starts with the configured prefix, then one namespace per purpose):
 
-plus ``pv:pending``, a sorted set of the hashes holding an unpaired half (score: when it was
-first stored), which the orphan sweep scans, and ``pv:sweep``, the sweep's intent.
-Every hash has a TTL (max wait + grace) as a safety net.
-
-This replaces the seed's two Redis databases (12 h copy + no-TTL copy, "keys of the second
-db missing from the first are orphans"): one hash with a TTL and an explicit sorted set by
-time give the same "an end may come before its start" and "a start without an end is
-emitted after 12 h", without scanning all keys and without a window where an end expires
-between two scheduled runs.
+* ``pv:<len(user_id)>:<user_id><page_view_id>`` — one hash per page view. The user id is
+  length-prefixed, so no two page views share a key and no id can reach another namespace.
+  ``s`` / ``e``: the start / end still waiting for its partner (JSON, first one stored
+  wins, HSETNX); ``d``: a tombstone once the page view was emitted (``p`` paired, ``o``
+  unpaired), kept ``done_ttl`` of Kafka time so a late copy of either half is dropped.
+  No key has a wall-clock TTL: a half lives until it is emitted, whatever the outage.
+* ``pending:<partition>`` — sorted set of the hashes with a waiting half, score: its
+  deadline (Kafka time of the half + max wait);
+* ``ended:<partition>`` — sorted set of the tombstones, score: when they may go;
+* ``clock`` — per partition, the largest Kafka timestamp and offset handled (for the
+  idle-partition sweep);
+* ``sweep`` / ``sweep:lease`` — the background sweep's intent and lease.
 
 Exactly once. A Kafka chunk (one partition's offset range, replayed identically after a
 crash by the consumer framework's intent log) is handled as one unit, in this order:
 
-1. ``plan``: read the hashes of the chunk's page views; compute, from that state and the
-   chunk alone, the page_view rows and the Redis mutations. Pure and deterministic.
+1. ``plan``: read, in one script, the hashes of the chunk's page views, the partition's
+   waiting halves whose deadline the chunk's clock passed, and its tombstones due to go;
+   compute from that state and the chunk alone the page_view rows (paired, and unpaired
+   starts whose wait is over) and the Redis mutations. Pure and deterministic.
 2. insert the rows into ClickHouse with the chunk's deduplication token;
-3. ``apply``: the mutations, in one atomic Lua script: store unpaired halves,
-   replace paired hashes by tombstones, update ``pv:pending``;
+3. ``apply``: the mutations, in one atomic Lua script;
 4. the framework commits the offsets.
 
 A crash before 2 completes leaves Redis untouched, so the replay is a first run. A crash
 after 2 makes the replay's insert a no-op (same token), whatever rows it computes; its
 mutations then converge to the ones of the first run: if 3 happened, the chunk's halves are
-found in Redis already (the stored half wins; storing it again is a no-op) or behind a
-tombstone (dropped); if 3 did not happen, the state is the one of the first run and so is
-the plan. (The replay comes right after the restart, well inside the tables' deduplication
-window of 1000 blocks.)
-Chunks are handled one after another, so a later chunk only sees Redis state that an earlier
-chunk fully applied. Duplicates: only the first start and the first end of a page view (by
-offset, or the one already in Redis) count; the rest are dropped and counted.
+found in Redis already (the stored half wins) or behind a tombstone (dropped; tombstones of
+the chunk's own page views are never removed by that chunk); if 3 did not happen, the state
+is the one of the first run and so is the plan.
 
-Orphans. ``sweep`` takes the hashes of ``pv:pending`` older than the max wait; starts with
-no end become ``paired = 0`` rows with a null duration, ends with no start are dropped and
-counted. The sweep writes its intent (token + rows) *and* the tombstones in one MULTI, then
-inserts the rows with that token, then deletes the intent; a sweep interrupted anywhere
-redoes the recorded intent first, so an orphan is emitted exactly once, and an end that
-arrives after its start was expired meets the tombstone (dropped, counted as late).
+``ugc_page_view`` is a ReplacingMergeTree keyed by the page view (its start) with
+``paired`` as the version: whatever a crash or a concurrent sweeper does, a page view read
+with FINAL is one row, and a paired row wins over an unpaired one. So a crash between a
+paired insert and its Redis update followed by a sweep, or a sweep redone long after the
+tables' 1,000-block deduplication window, cannot double a page view.
 
-Concurrency: one consumer owns a partition and the collector keys records by user_id, so a
-page view's halves are handled by one consumer at a time. Sweeps are serialised with the
-pairing inside a process (a lock) and across processes (a Redis lease); only an end that
-arrives at the very instant its 12 h-old start is swept by *another* process could yield
-both an orphan and a paired row. The scripts touch many keys at once: a single Redis (or
-a primary with replicas), not Redis Cluster.
+Every half ends exactly once with a metric: paired, emitted unpaired (start), dropped as an
+orphan end, dropped as a duplicate, or dropped as late (an end after its start was emitted
+unpaired). A waiting hash found empty (deleted by hand) is counted and logged as missing.
+
+Concurrency: one consumer owns a partition. Background sweeps are serialised inside a
+process (a lock shared with the pairing) and across processes (a Redis lease that only its
+owner deletes); the sweep takes, tombstones and records its intent in one atomic script.
+The scripts touch many keys at once: a single Redis (or a primary with replicas), not
+Redis Cluster.
 
 Cost: one Redis round trip to read and one to write per chunk, whatever its size.
-Proved by tests/domains/ugc: crashes injected after the insert and after the Redis write
-(the framework replays the same chunks), an interrupted sweep, and ``clickflow process ugc``
-killed with SIGKILL mid-pairing, each compared with page views computed independently.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,14 +84,19 @@ log = logging.getLogger("clickflow.ugc.pairing")
 START = "s"
 END = "e"
 DONE = "d"
+PAIRED = "p"
+UNPAIRED = "o"
 
 
-# Both scripts run atomically in Redis, one round trip per chunk whatever its size; their
-# input is one JSON argument (cheap to send from Python; keys are exact JSON strings).
-# READ: for the keys that hold anything, (index, start, end, done) flattened.
+# All scripts take one JSON argument (cheap to send from Python; keys are exact JSON
+# strings, so no id can be split or shifted) and run atomically, one round trip each.
+# READ: KEYS = (pending, ended); ARGV[1] {keys, now, limit}. Returns three arrays: for the
+# chunk's keys that hold anything (index, start, end, done) flattened; the waiting hashes
+# whose deadline <= now (key, start, end, done) flattened; the tombstones due to go.
 READ_SCRIPT = """
-local out = {}
-for i, k in ipairs(cjson.decode(ARGV[1])) do
+local p = cjson.decode(ARGV[1])
+local out, due = {}, {}
+for i, k in ipairs(p.keys) do
   local v = redis.call('HMGET', k, 's', 'e', 'd')
   if v[1] or v[2] or v[3] then
     out[#out + 1] = i
@@ -96,25 +105,103 @@ for i, k in ipairs(cjson.decode(ARGV[1])) do
     out[#out + 1] = v[3] or ''
   end
 end
-return out
+for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', p.now, 'LIMIT', 0, p.limit)) do
+  local v = redis.call('HMGET', k, 's', 'e', 'd')
+  due[#due + 1] = k
+  due[#due + 1] = v[1] or ''
+  due[#due + 1] = v[2] or ''
+  due[#due + 1] = v[3] or ''
+end
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', p.now, 'LIMIT', 0, p.limit)
+return {out, due, old}
 """
-# APPLY: KEYS[1] the pending set; ARGV[1] {now, half_ttl, done_ttl, store: [[key, field,
-# half], ...], done: [key, ...]}.
+# APPLY: KEYS = (pending, ended, clock); ARGV[1] {store: [[key, field, half, deadline]],
+# done: [[key, "p" | "o"]], until, cleanup: [key], unpend: [key], partition, clock, offset}.
 APPLY_SCRIPT = """
-local pending = KEYS[1]
+local pending, ended = KEYS[1], KEYS[2]
 local p = cjson.decode(ARGV[1])
 for _, s in ipairs(p.store) do
   redis.call('HSETNX', s[1], s[2], s[3])
-  redis.call('EXPIRE', s[1], p.half_ttl)
-  redis.call('ZADD', pending, 'NX', p.now, s[1])
+  redis.call('ZADD', pending, 'NX', s[4], s[1])
 end
-for _, k in ipairs(p.done) do
-  redis.call('DEL', k)
-  redis.call('HSET', k, 'd', 'p')
-  redis.call('EXPIRE', k, p.done_ttl)
+for _, d in ipairs(p.done) do
+  redis.call('DEL', d[1])
+  redis.call('HSET', d[1], 'd', d[2])
+  redis.call('ZREM', pending, d[1])
+  redis.call('ZADD', ended, p['until'], d[1])
+end
+for _, k in ipairs(p.cleanup) do
+  if redis.call('HEXISTS', k, 'd') == 1 then
+    redis.call('DEL', k)
+  end
+  redis.call('ZREM', ended, k)
+end
+for _, k in ipairs(p.unpend) do
   redis.call('ZREM', pending, k)
 end
+local cur = tonumber(redis.call('HGET', KEYS[3], p.partition) or '-1')
+if tonumber(p.clock) > cur then
+  redis.call('HSET', KEYS[3], p.partition, p.clock)
+end
+local off = tonumber(redis.call('HGET', KEYS[3], p.partition .. ':offset') or '-1')
+if tonumber(p.offset) > off then
+  redis.call('HSET', KEYS[3], p.partition .. ':offset', p.offset)
+end
 return #p.store + #p.done
+"""
+# SWEEP: KEYS[1] the sweep intent; ARGV[1] {parts: [[pending, ended, now, until]], limit}.
+# An intent left by an interrupted sweep is returned as it is (redo it first); otherwise
+# the due hashes are taken, tombstoned and recorded as a new intent, atomically. The token
+# is derived from the page views taken (JSON of their keys), so a redo inserts the same
+# block whenever it runs.
+SWEEP_SCRIPT = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  return {1, cur}
+end
+local p = cjson.decode(ARGV[1])
+local starts, keys = {}, {}
+local orphan_ends, missing, taken = 0, 0, 0
+for _, part in ipairs(p.parts) do
+  local pending, ended, now, till = part[1], part[2], part[3], part[4]
+  local left = p.limit - taken
+  if left <= 0 then
+    break
+  end
+  for _, k in ipairs(redis.call('ZRANGEBYSCORE', pending, '-inf', now, 'LIMIT', 0, left)) do
+    taken = taken + 1
+    redis.call('ZREM', pending, k)
+    local v = redis.call('HMGET', k, 's', 'e', 'd')
+    if not v[3] then
+      if v[1] then
+        starts[#starts + 1] = v[1]
+        keys[#keys + 1] = k
+      elseif v[2] then
+        orphan_ends = orphan_ends + 1
+      else
+        missing = missing + 1
+      end
+      redis.call('DEL', k)
+      redis.call('HSET', k, 'd', 'o')
+      redis.call('ZADD', ended, till, k)
+    end
+  end
+end
+if taken == 0 then
+  return {0, ''}
+end
+local token = 'ugc-orphans:' .. redis.sha1hex(cjson.encode(keys))
+local intent = cjson.encode({token = token, starts = starts, orphan_ends = orphan_ends,
+                             missing = missing, taken = taken})
+redis.call('SET', KEYS[1], intent)
+return {0, intent}
+"""
+# Delete KEYS[1] only if it still holds ARGV[1] (a lease, or the intent of this token).
+DELETE_IF_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 
@@ -126,18 +213,19 @@ class Half:
     event_id: str
     user_id: str
     page_view_id: str
-    ts: int  # epoch milliseconds
+    ts: int  # epoch milliseconds (the record's server timestamp)
     page_type: str
+    kafka_ts: int = 0  # epoch milliseconds: when it reached Kafka (the pairing clock)
 
     def dumps(self) -> bytes:
         return orjson.dumps(
-            [self.event_id, self.user_id, self.page_view_id, self.ts, self.page_type]
+            [self.event_id, self.user_id, self.page_view_id, self.ts, self.page_type, self.kafka_ts]
         )
 
     @classmethod
-    def loads(cls, kind: str, raw: bytes) -> Half:
-        event_id, user_id, page_view_id, ts, page_type = orjson.loads(raw)
-        return cls(kind, event_id, user_id, page_view_id, ts, page_type)
+    def loads(cls, kind: str, raw: bytes | str) -> Half:
+        event_id, user_id, page_view_id, ts, page_type, kafka_ts = orjson.loads(raw)
+        return cls(kind, event_id, user_id, page_view_id, ts, page_type, kafka_ts)
 
 
 def page_view_row(start: Half, end: Half | None) -> dict:
@@ -159,21 +247,35 @@ def page_view_row(start: Half, end: Half | None) -> dict:
 
 @dataclass
 class PairingPlan:
+    partition: int = 0
+    clock: int = 0  # the chunk's Kafka clock (ms)
+    offset: int = -1  # the chunk's last offset
     rows: list[dict] = field(default_factory=list)
     store: list[tuple[str, Half]] = field(default_factory=list)  # (key, half) to HSETNX
-    done: list[str] = field(default_factory=list)  # keys to replace by a "paired" tombstone
+    done: list[tuple[str, str]] = field(default_factory=list)  # (key, "p" | "o") tombstones
+    cleanup: list[str] = field(default_factory=list)  # tombstones whose time is over
+    unpend: list[str] = field(default_factory=list)  # stale entries of the pending set
+    pairs: int = 0  # page views emitted paired
+    orphans: int = 0  # starts emitted unpaired
+    orphan_ends: int = 0  # ends whose start never came: dropped
+    missing: int = 0  # waiting hashes found empty
     duplicates: int = 0  # halves dropped as duplicates (or already applied)
-    late: int = 0  # halves that met an "orphan" tombstone
+    late: int = 0  # halves that met an "unpaired" tombstone
 
 
 @dataclass
 class SweepResult:
     orphans: int = 0  # starts emitted as paired = 0
     orphan_ends: int = 0  # ends whose start never came: dropped
+    missing: int = 0  # waiting hashes found empty
     rows: list[dict] = field(default_factory=list)
 
 
 InsertFn = Callable[[list[dict], str], None]  # (rows, deduplication token)
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 class PageViewPairing:
@@ -181,23 +283,31 @@ class PageViewPairing:
         self.r = client
         self.config = config
         p = config.redis_prefix
-        self.pending_key = f"{p}pending"
+        self.clock_key = f"{p}clock"
         self.sweep_key = f"{p}sweep"
         self.lease_key = f"{p}sweep:lease"
         self._lease_id = uuid.uuid4().hex
         self._read = client.register_script(READ_SCRIPT)
         self._apply = client.register_script(APPLY_SCRIPT)
+        self._sweep = client.register_script(SWEEP_SCRIPT)
+        self._delete_if = client.register_script(DELETE_IF_SCRIPT)
 
     def key(self, user_id: str, page_view_id: str) -> str:
-        return f"{self.config.redis_prefix}{page_view_id}.{user_id}"
+        return f"{self.config.redis_prefix}pv:{len(user_id)}:{user_id}{page_view_id}"
+
+    def pending_key(self, partition: int) -> str:
+        return f"{self.config.redis_prefix}pending:{partition}"
+
+    def ended_key(self, partition: int) -> str:
+        return f"{self.config.redis_prefix}ended:{partition}"
 
     # -- pairing ------------------------------------------------------------------------------
 
-    def plan(self, halves: list[Half]) -> PairingPlan:
-        """Rows and mutations for one chunk's halves (in offset order); reads Redis only."""
-        plan = PairingPlan()
-        if not halves:
-            return plan
+    def plan(self, halves: list[Half], partition: int, clock: int, offset: int) -> PairingPlan:
+        """Rows and mutations for one chunk (its halves in offset order, its Kafka clock and
+        last offset); reads Redis only."""
+        cfg = self.config
+        plan = PairingPlan(partition=partition, clock=clock, offset=offset)
         first: dict[str, dict[str, Half]] = {}
         for h in halves:
             slot = first.setdefault(self.key(h.user_id, h.page_view_id), {})
@@ -206,18 +316,23 @@ class PageViewPairing:
             else:
                 slot[h.kind] = h
         keys = list(first)
-        flat: list = self._read(args=[orjson.dumps(keys)])
+        arg = {"keys": keys, "now": str(clock), "limit": cfg.sweep_limit}
+        flat, due, old = self._read(
+            keys=[self.pending_key(partition), self.ended_key(partition)],
+            args=[orjson.dumps(arg)],
+        )
         states: dict[str, tuple[bytes, bytes, bytes]] = {
             keys[int(flat[j]) - 1]: (flat[j + 1], flat[j + 2], flat[j + 3])
             for j in range(0, len(flat), 4)
         }
         empty = (b"", b"", b"")
+        paired: set[str] = set()
         for k in keys:
             mine = first[k]
             stored_s, stored_e, done = states.get(k, empty)
             if done:
                 n = len(mine)
-                if done == b"o" and END in mine:
+                if done == UNPAIRED.encode() and END in mine:
                     plan.late += 1
                     n -= 1
                 plan.duplicates += n
@@ -235,32 +350,65 @@ class PageViewPairing:
             end = stored.get(END) or mine.get(END)
             if start is not None and end is not None:
                 plan.rows.append(page_view_row(start, end))
-                plan.done.append(k)
+                plan.done.append((k, PAIRED))
+                plan.pairs += 1
+                paired.add(k)
             else:
                 for h in mine.values():
                     plan.store.append((k, h))
+        # Halves whose wait the chunk's clock ended (and that the chunk did not pair).
+        for j in range(0, len(due), 4):
+            k = _s(due[j])
+            if k in paired:
+                continue
+            stored_s, stored_e, done = due[j + 1], due[j + 2], due[j + 3]
+            if done:
+                plan.unpend.append(k)
+            elif stored_s:
+                plan.rows.append(page_view_row(Half.loads(START, stored_s), None))
+                plan.done.append((k, UNPAIRED))
+                plan.orphans += 1
+            elif stored_e:
+                plan.done.append((k, UNPAIRED))
+                plan.orphan_ends += 1
+            else:
+                plan.unpend.append(k)
+                plan.missing += 1
+        plan.cleanup = [k for k in map(_s, old) if k not in first]
         return plan
 
     def apply(self, plan: PairingPlan) -> None:
         """The plan's Redis mutations in one atomic script; idempotent."""
-        if not plan.store and not plan.done:
-            return
         cfg = self.config
+        wait = cfg.max_wait_ms
         payload = {
-            "now": int(time.time() * 1000),
-            "half_ttl": cfg.half_ttl_seconds,
-            "done_ttl": cfg.tombstone_ttl_seconds,
-            "store": [(k, h.kind, h.dumps().decode()) for k, h in plan.store],
+            "store": [
+                (k, h.kind, h.dumps().decode(), str(h.kafka_ts + wait)) for k, h in plan.store
+            ],
             "done": plan.done,
+            "until": str(plan.clock + cfg.tombstone_ms),
+            "cleanup": plan.cleanup,
+            "unpend": plan.unpend,
+            "partition": str(plan.partition),
+            "clock": str(plan.clock),
+            "offset": str(plan.offset),
         }
-        self._apply(keys=[self.pending_key], args=[orjson.dumps(payload)])
+        keys = [self.pending_key(plan.partition), self.ended_key(plan.partition), self.clock_key]
+        self._apply(keys=keys, args=[orjson.dumps(payload)])
 
-    # -- orphans ------------------------------------------------------------------------------
+    def clocks(self) -> dict[int, tuple[int, int]]:
+        """Per partition: (largest Kafka timestamp, last offset) handled so far."""
+        raw = {_s(k): int(v) for k, v in self.r.hgetall(self.clock_key).items()}
+        return {int(k): (v, raw.get(f"{k}:offset", -1)) for k, v in raw.items() if ":" not in k}
 
-    def sweep(self, insert: InsertFn, now_ms: int | None = None) -> SweepResult:
-        """Emit the starts that waited longer than the max wait as ``paired = 0`` rows.
+    # -- sweep --------------------------------------------------------------------------------
 
-        Holds a Redis lease so one process sweeps at a time; returns what it emitted."""
+    def sweep(self, insert: InsertFn, clocks: dict[int, int]) -> SweepResult:
+        """Emit the halves whose deadline the given clocks passed (``{partition: now ms}``).
+
+        The chunk path does this for every partition with traffic; this is for partitions
+        read to their end, and for operators and tests. Holds a Redis lease so one process
+        sweeps at a time; returns what it emitted."""
         total = SweepResult()
         lease_ms = int(max(30.0, self.config.sweep_interval_seconds * 2) * 1000)
         if not self.r.set(self.lease_key, self._lease_id, nx=True, px=lease_ms):
@@ -268,65 +416,45 @@ class PageViewPairing:
                 return total
         try:
             while True:
-                res, taken, redone = self._sweep_once(insert, now_ms)
+                res, taken, redone = self._sweep_once(insert, clocks)
                 total.orphans += res.orphans
                 total.orphan_ends += res.orphan_ends
+                total.missing += res.missing
                 total.rows += res.rows
                 if not redone and taken < self.config.sweep_limit:
                     break
         finally:
-            self.r.delete(self.lease_key)
+            self._delete_if(keys=[self.lease_key], args=[self._lease_id])
         return total
 
-    def _sweep_once(self, insert: InsertFn, now_ms: int | None) -> tuple[SweepResult, int, bool]:
-        raw = self.r.get(self.sweep_key)
-        redone = raw is not None
-        if raw is None:
-            intent = self._record_sweep_intent(now_ms)
-            if intent is None:
-                return SweepResult(), 0, False
-        else:
-            intent = orjson.loads(raw)
-            log.info("redoing an interrupted orphan sweep", extra={"token": intent["token"]})
-        if intent["rows"]:
-            insert(intent["rows"], intent["token"])
-        self.r.delete(self.sweep_key)
-        result = SweepResult(len(intent["rows"]), intent["orphan_ends"], intent["rows"])
-        return result, intent["keys"], redone
-
-    def _record_sweep_intent(self, now_ms: int | None) -> dict | None:
+    def _sweep_once(
+        self, insert: InsertFn, clocks: dict[int, int]
+    ) -> tuple[SweepResult, int, bool]:
         cfg = self.config
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        cutoff = now_ms - int(cfg.page_view_max_wait_seconds * 1000)
-        keys = self.r.zrangebyscore(self.pending_key, "-inf", cutoff, start=0, num=cfg.sweep_limit)
-        if not keys:
-            return None
-        pipe = self.r.pipeline(transaction=False)
-        for k in keys:
-            pipe.hgetall(k)
-        states: list[dict[bytes, bytes]] = pipe.execute()
-        rows: list[dict] = []
-        orphan_ends = 0
-        tx = self.r.pipeline(transaction=True)
-        for k, state in zip(keys, states, strict=True):
-            if state and b"d" not in state:
-                if b"s" in state and b"e" not in state:
-                    rows.append(page_view_row(Half.loads(START, state[b"s"]), None))
-                elif b"e" in state and b"s" not in state:
-                    orphan_ends += 1
-                tx.delete(k)
-                tx.hset(k, DONE, "o")
-                tx.expire(k, cfg.tombstone_ttl_seconds)
-        tx.zrem(self.pending_key, *keys)
-        intent = {
-            "token": f"ugc-orphans:{uuid.uuid4().hex}",
-            "rows": rows,
-            "orphan_ends": orphan_ends,
-            "keys": len(keys),
-        }
-        tx.set(self.sweep_key, orjson.dumps(intent))
-        tx.execute()
-        return intent
+        parts = [
+            (self.pending_key(p), self.ended_key(p), str(now), str(now + cfg.tombstone_ms))
+            for p, now in sorted(clocks.items())
+        ]
+        arg = {"parts": parts, "limit": cfg.sweep_limit}
+        redone, raw = self._sweep(keys=[self.sweep_key], args=[orjson.dumps(arg)])
+        if not raw:
+            return SweepResult(), 0, False
+        intent = orjson.loads(raw)
+        if redone:
+            log.info("redoing an interrupted orphan sweep", extra={"token": intent["token"]})
+        starts = intent["starts"] or []  # cjson encodes an empty array as {}
+        rows = [page_view_row(Half.loads(START, s), None) for s in starts]
+        if rows:
+            insert(rows, intent["token"])
+        self._delete_if(keys=[self.sweep_key], args=[raw])
+        if intent["missing"]:
+            log.warning("waiting page views found empty", extra={"missing": intent["missing"]})
+        result = SweepResult(len(rows), intent["orphan_ends"], intent["missing"], rows)
+        return result, intent["taken"], bool(redone)
 
     def pending_count(self) -> int:
-        return int(self.r.zcard(self.pending_key))
+        pipe = self.r.pipeline(transaction=False)
+        parts = list(self.clocks())
+        for p in parts:
+            pipe.zcard(self.pending_key(p))
+        return int(sum(pipe.execute())) if parts else 0

@@ -5,6 +5,14 @@ reason and to ``ugc_processing_errors``. Valid ones go to one table per kind; pa
 halves are paired first (see :mod:`clickflow.domains.ugc.pairing` for the exactly-once
 design). Every insert carries the chunk's deduplication token, one per table.
 
+Verdicts depend only on the record and the time it reached Kafka (its message timestamp),
+never on the processing clock, so a replay reaches the same verdict: a ``timestamp`` more
+than ``max_future_seconds`` after its Kafka time is "in the future", one more than
+``retention_days`` before it is "too old" (the tables would drop it on insert).
+
+Client event ids are not global: a re-sent event is recognised by its claim on
+(kind, user_id, event_id), so two users whose SDKs number events 1, 2, 3 both keep theirs.
+
 Operation: continuous by default, or scheduled (one batch every X seconds) — see
 :mod:`clickflow.domains.ugc.config`. Orphaned starts are swept every
 ``CLICKFLOW_UGC_SWEEP_INTERVAL_SECONDS`` by a background thread, even with no traffic.
@@ -14,23 +22,27 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Union
 
 import msgspec
 import orjson
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, Message, TopicPartition
 
 from clickflow.config import Settings
+from clickflow.domains import domain_sql
 from clickflow.domains.ugc import metrics
 from clickflow.domains.ugc.config import UgcConfig
 from clickflow.domains.ugc.events import EVENT_KINDS, UgcRecord, decode_data
 from clickflow.domains.ugc.pairing import END, START, Half, PageViewPairing
-from clickflow.exactly_once.claims import IdentityClaims
+from clickflow.exactly_once.claims import IdentityClaims, scoped_identity
 from clickflow.exactly_once.insert import insert_chunk
 from clickflow.exactly_once.intent_log import ClickHouseIntentLog
 from clickflow.kafka.batch import Batch, Chunk, Delivery
+from clickflow.kafka.config import consumer_config
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.logs import log_fields
@@ -56,6 +68,30 @@ MIN_TS_MS = 1_000_000_000_000
 MAX_TS_MS = 9_999_999_999_999
 
 _decoder = msgspec.json.Decoder(UgcRecord)
+_default_config = UgcConfig()
+DAY_MS = 86_400_000
+
+
+class MissingKindTable(LookupError):
+    """A registered UGC kind has no table to go to."""
+
+
+def check_kind_tables(kinds: Iterable[str], tables: dict[str, str], schema: str) -> None:
+    """Every registered kind is a page-view half or has a table created by ``schema``:
+    a clear error at start-up instead of a ``KeyError`` retried for ever on its first event."""
+    for kind in kinds:
+        if kind in HALF_KINDS:
+            continue
+        table = tables.get(kind)
+        if table is None:
+            raise MissingKindTable(
+                f"UGC kind {kind!r} is registered in events.EVENT_KINDS but has no table in "
+                "pipeline.TABLES: add one (and its CREATE TABLE in schema.sql)"
+            )
+        if f"CREATE TABLE IF NOT EXISTS {table}\n" not in schema:
+            raise MissingKindTable(
+                f"UGC kind {kind!r} goes to table {table!r}, which schema.sql does not create"
+            )
 
 
 def _typed_record(kind: str, data: type[msgspec.Struct]) -> type[msgspec.Struct]:
@@ -82,9 +118,13 @@ class InvalidRecord(ValueError):
         self.event = event
 
 
-def decode_record(value: bytes | None) -> tuple[Any, msgspec.Struct]:
+def decode_record(
+    value: bytes | None, kafka_ms: int | None = None, config: UgcConfig | None = None
+) -> tuple[Any, msgspec.Struct]:
     """Decode and validate one Kafka record; raises :class:`InvalidRecord` with the reason.
 
+    ``kafka_ms`` is when the record reached Kafka: the timestamp is judged against it
+    (``config``'s ``max_future_seconds`` and ``retention_days``), never against the clock.
     Returns (record, data): ``record`` has ``event``, ``event_id``, ``user_id``, ``timestamp``
     (epoch ms) like :class:`UgcRecord`; ``data`` is the kind's Struct."""
     if not value:
@@ -102,7 +142,28 @@ def decode_record(value: bytes | None) -> tuple[Any, msgspec.Struct]:
         raise InvalidRecord("event_id must be 1..128 characters", rec.event)
     if not MIN_TS_MS <= rec.timestamp <= MAX_TS_MS:
         raise InvalidRecord(f"timestamp {rec.timestamp} is not epoch milliseconds", rec.event)
+    if kafka_ms is not None:
+        cfg = config or _default_config
+        ahead = rec.timestamp - kafka_ms
+        if ahead > cfg.max_future_seconds * 1000:
+            raise InvalidRecord(
+                f"timestamp {rec.timestamp} is too far in the future: {ahead / 1000:.0f} s "
+                f"after the record reached Kafka (at most {cfg.max_future_seconds:g} s)",
+                rec.event,
+            )
+        if -ahead > cfg.retention_days * DAY_MS:
+            raise InvalidRecord(
+                f"timestamp {rec.timestamp} is too old: {-ahead / DAY_MS:.0f} days before the "
+                f"record reached Kafka, beyond the {cfg.retention_days}-day retention",
+                rec.event,
+            )
     return rec, rec.data
+
+
+def kafka_ms(m: Message) -> int | None:
+    """When the record reached Kafka (its message timestamp, epoch ms), if it has one."""
+    kind, ts = m.timestamp()
+    return None if kind == TIMESTAMP_NOT_AVAILABLE else ts
 
 
 def _explain(value: bytes) -> None:
@@ -157,14 +218,17 @@ class UgcHandler:
         background_sweep: bool = True,
         fault: Callable[[str], None] | None = None,
     ) -> None:
+        check_kind_tables(EVENT_KINDS, TABLES, domain_sql("ugc", "schema.sql") or "")
         self.settings = settings
         self.config = config or UgcConfig()
         self._pairing: PageViewPairing | None = None
         # A client retry after a lost answer re-sends the event_id with a new server
         # timestamp (another record): claims drop it, while a replay keeps its own claim.
+        # Claimed per (kind, user_id, event_id): client ids are only unique per client.
         self.claims = IdentityClaims(
-            settings, f"{self.config.redis_prefix}ugc-seen:", self.config.dedup_window_seconds
+            settings, f"{self.config.redis_prefix}seen:", self.config.dedup_window_seconds
         )
+        self._watermarks: Consumer | None = None  # reads partition ends for the idle sweep
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._fault = fault  # tests: raise at "after_insert" / "after_redis" / "sweep_insert"
@@ -185,6 +249,8 @@ class UgcHandler:
         self._stop.set()
         if self._sweeper is not None:
             self._sweeper.join(timeout=10)
+        if self._watermarks is not None:
+            self._watermarks.close()
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -200,12 +266,17 @@ class UgcHandler:
         halves: list[Half] = []
         letters: list[DeadLetter] = []
         seen: set[str] = set()
-        events: list[tuple[str, Any, msgspec.Struct, int]] = []
+        events: list[tuple[str, Any, msgspec.Struct, int, str]] = []
         counts: dict[str, int] = defaultdict(int)
         dups: dict[str, int] = defaultdict(int)
+        config = self.config
+        clock = 0  # the chunk's Kafka clock: its largest message timestamp
         for m in chunk.messages:
+            arrived = kafka_ms(m)
+            if arrived is not None and arrived > clock:
+                clock = arrived
             try:
-                rec, data = decode_record(m.value())
+                rec, data = decode_record(m.value(), arrived, config)
             except InvalidRecord as e:
                 letters.append(DeadLetter(m, e.reason))
                 rows[ERRORS_TABLE].append(error_row(m, e))
@@ -222,22 +293,26 @@ class UgcHandler:
                         data.page_view_id,
                         rec.timestamp,
                         data.page_type,
+                        rec.timestamp if arrived is None else arrived,
                     )  # fmt: skip
                 )
                 continue
-            if rec.event_id in seen:  # an exact re-send within the chunk
+            identity = scoped_identity(kind, rec.user_id, rec.event_id)
+            if identity in seen:  # an exact re-send within the chunk
                 dups[kind] += 1
                 continue
-            seen.add(rec.event_id)
-            events.append((kind, rec, data, m.offset()))
+            seen.add(identity)
+            events.append((kind, rec, data, m.offset(), identity))
+        if clock == 0:  # no message timestamps (never with Kafka >= 0.10): event time
+            clock = max((h.ts for h in halves), default=0)
         owner = f"{chunk.topic}/{chunk.partition}/"
-        resent = self.claims.duplicates([(e[1].event_id, f"{owner}{e[3]}") for e in events])
-        for i, (kind, rec, data, _offset) in enumerate(events):
+        resent = self.claims.duplicates([(e[4], f"{owner}{e[3]}") for e in events])
+        for i, (kind, rec, data, _offset, _identity) in enumerate(events):
             if i in resent:
                 dups[kind] += 1
             else:
                 rows[TABLES[kind]].append(event_row(rec, data))
-        plan = self.pairing.plan(halves)
+        plan = self.pairing.plan(halves, chunk.partition, clock, chunk.last_offset)
         if plan.rows:
             rows[PAGE_VIEW_TABLE] = plan.rows
         for table, table_rows in rows.items():
@@ -255,8 +330,16 @@ class UgcHandler:
             metrics.DUPLICATES.labels("page_view").inc(plan.duplicates)
         if plan.late:
             metrics.LATE_ENDS.inc(plan.late)
-        if plan.rows:
-            metrics.PAIRS.inc(len(plan.rows))
+        if plan.pairs:
+            metrics.PAIRS.inc(plan.pairs)
+        if plan.orphans:
+            metrics.ORPHANS.inc(plan.orphans)
+        if plan.orphan_ends:
+            metrics.ORPHAN_ENDS.inc(plan.orphan_ends)
+        if plan.missing:
+            metrics.MISSING.inc(plan.missing)
+            log.warning("waiting page views found empty", extra=log_fields(missing=plan.missing))
+        if plan.pairs or plan.orphans:
             metrics.update_unended_share()
         if letters:
             metrics.INVALID.inc(len(letters))
@@ -271,7 +354,12 @@ class UgcHandler:
     # -- orphans ------------------------------------------------------------------------------
 
     def sweep(self, now_ms: int | None = None) -> int:
-        """Emit the expired unpaired starts now; returns how many."""
+        """Emit the halves whose wait is over; returns how many starts were emitted.
+
+        With ``now_ms`` (operators, tests): every partition's clock is taken to be
+        ``now_ms``. Without: each partition's own Kafka clock, moved to the wall clock
+        minus ``idle_clock_margin_seconds`` for a partition read to its end (no record
+        will come to move it, and the next one will be stamped after now)."""
 
         def insert(rows: list[dict], token: str) -> None:
             if self._fault:
@@ -279,13 +367,20 @@ class UgcHandler:
             self._insert(PAGE_VIEW_TABLE, rows, token)
 
         with self._lock:
-            res = self.pairing.sweep(insert, now_ms)
+            known = self.pairing.clocks()
+            if now_ms is not None:
+                clocks = {p: now_ms for p in known}
+            else:
+                clocks = self._idle_clocks(known)
+            res = self.pairing.sweep(insert, clocks)
             metrics.PENDING.set(self.pairing.pending_count())
         if res.orphans:
             metrics.ORPHANS.inc(res.orphans)
             metrics.update_unended_share()
         if res.orphan_ends:
             metrics.ORPHAN_ENDS.inc(res.orphan_ends)
+        if res.missing:
+            metrics.MISSING.inc(res.missing)
         if res.orphans or res.orphan_ends:
             log.info(
                 "orphans expired",
@@ -293,12 +388,27 @@ class UgcHandler:
             )
         return res.orphans
 
+    def _idle_clocks(self, known: dict[int, tuple[int, int]]) -> dict[int, int]:
+        """Partition clocks for the background sweep: the Kafka clock, or for a partition
+        whose every record was handled, the wall clock minus the skew margin."""
+        if self._watermarks is None:
+            conf = consumer_config(self.settings, f"ugc-sweep-{uuid.uuid4().hex[:8]}")
+            self._watermarks = Consumer(conf)
+        now = int(time.time() * 1000 - self.config.idle_clock_margin_seconds * 1000)
+        clocks: dict[int, int] = {}
+        for p, (clock, offset) in known.items():
+            tp = TopicPartition(self.config.topic, p)
+            _low, high = self._watermarks.get_watermark_offsets(tp, timeout=5, cached=False)
+            clocks[p] = max(clock, now) if offset + 1 >= high else clock
+        return clocks
+
+
     def _sweep_loop(self) -> None:
         interval = self.config.sweep_interval_seconds
         while not self._stop.wait(interval):
             try:
                 self.sweep()
-            except Exception as e:  # Redis/ClickHouse down: the next round redoes the intent
+            except Exception as e:  # Redis/ClickHouse/Kafka down: the next round redoes it
                 log.warning(
                     "orphan sweep failed", extra=log_fields(error=f"{type(e).__name__}: {e}")
                 )

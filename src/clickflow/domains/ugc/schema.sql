@@ -29,7 +29,10 @@ CREATE TABLE IF NOT EXISTS ugc_page_view
     duration_seconds Nullable(Float64),
     paired UInt8
 )
-ENGINE = MergeTree
+-- One row per page view whatever a crash or a concurrent sweep did: the sorting key holds
+-- the page view (its start), and a paired row (version 1) replaces an unpaired one (0).
+-- Read with FINAL.
+ENGINE = ReplacingMergeTree(paired)
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (page_type, started_at, user_id, page_view_id)
 TTL toDateTime(started_at) + INTERVAL 365 DAY
