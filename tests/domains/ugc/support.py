@@ -105,6 +105,70 @@ def produce(settings: Settings, topic: str, values: list[bytes]) -> dict[int, in
     return last
 
 
+def produce_at(settings: Settings, topic: str, records: list[tuple[bytes, int]]) -> dict[int, int]:
+    """Send (value, Kafka timestamp in epoch ms) pairs, keyed by user_id like the collector:
+    the pipeline's clocks are these timestamps, so a test sets the time its records reached
+    Kafka (12 h apart, or an outage of a day) without waiting. Returns the last offsets."""
+    last: dict[int, int] = {}
+
+    def on_delivery(err, msg) -> None:
+        assert err is None, err
+        last[msg.partition()] = max(last.get(msg.partition(), -1), msg.offset())
+
+    p = EventProducer(producer_config(settings))
+    for v, ts in records:
+        key = str(orjson.loads(v).get("user_id", "") or "x").encode()
+        while True:
+            try:
+                p.raw.produce(topic, value=v, key=key, timestamp=ts, on_delivery=on_delivery)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(15) == 0
+    return last
+
+
+def log_with_times(settings: Settings, topic: str, last: dict[int, int]) -> list[tuple[bytes, int]]:
+    """Like :func:`log_order`, with each record's Kafka timestamp."""
+    c = Consumer(consumer_config(settings, f"reader-{uuid.uuid4().hex[:8]}"))
+    c.assign([TopicPartition(topic, p, 0) for p in last])
+    got: dict[int, list[tuple[int, bytes, int]]] = {p: [] for p in last}
+    deadline = time.monotonic() + 30
+    try:
+        while any((got[p][-1][0] if got[p] else -1) < o for p, o in last.items()):
+            assert time.monotonic() < deadline, "could not read the topic back"
+            for m in c.consume(10000, 0.2):
+                if m.error() is None and m.offset() <= last[m.partition()]:
+                    got[m.partition()].append((m.offset(), m.value(), m.timestamp()[1]))
+    finally:
+        c.close()
+    return [(v, ts) for p in sorted(got) for _, v, ts in got[p]]
+
+
+def expected_by_kafka_time(log: list[tuple[bytes, int]], wait_ms: int) -> list[Row]:
+    """Independent truth on the Kafka clock: per (user, page view) the first start and the
+    first end in log order pair iff they reached Kafka at most ``wait_ms`` apart; otherwise
+    the start alone is a page view (``paired = 0``) and the end is dropped."""
+    starts: dict[tuple[str, str], tuple[dict, int]] = {}
+    ends: dict[tuple[str, str], tuple[dict, int]] = {}
+    for v, kts in log:
+        r = orjson.loads(v)
+        if r.get("event") not in ("page_view_start", "page_view_end"):
+            continue
+        key = (r["user_id"], r["data"]["page_view_id"])
+        target = starts if r["event"] == "page_view_start" else ends
+        target.setdefault(key, ({"ts": r["timestamp"], "page": r["data"]["page_type"]}, kts))
+    rows = []
+    for key, (s, ks) in starts.items():
+        e = ends.get(key)
+        if e is not None and abs(e[1] - ks) <= wait_ms:
+            dur = max(0, e[0]["ts"] - s["ts"]) / 1000
+            rows.append((*key, s["page"], s["ts"], e[0]["ts"], dur, 1))
+        else:
+            rows.append((*key, s["page"], s["ts"], None, None, 0))
+    return sorted(rows)
+
+
 def log_order(settings: Settings, topic: str, last: dict[int, int]) -> list[bytes]:
     """Every record of ``topic`` up to ``last``, partition by partition in offset order: the
     order the pipeline sees (a producer retry may reorder what we sent)."""

@@ -84,8 +84,9 @@ log = logging.getLogger("clickflow.ugc.pairing")
 START = "s"
 END = "e"
 DONE = "d"
-PAIRED = "p"
-UNPAIRED = "o"
+PAIRED = "p"  # tombstone: closed (paired, or decided for good)
+UNPAIRED = "o"  # tombstone: the start was emitted unpaired (kept, its end may still pair)
+ORPHAN_END = "x"  # tombstone: the end was dropped as an orphan (kept, for its start)
 
 
 # All scripts take one JSON argument (cheap to send from Python; keys are exact JSON
@@ -116,7 +117,8 @@ local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', p.now, 'LIMIT', 0, p.li
 return {out, due, old}
 """
 # APPLY: KEYS = (pending, ended, clock); ARGV[1] {store: [[key, field, half, deadline]],
-# done: [[key, "p" | "o"]], until, cleanup: [key], unpend: [key], partition, clock, offset}.
+# done: [[key, code, field, half]], until, cleanup: [key], unpend: [key], partition, clock,
+# offset}. A tombstone keeps the half it names (field ""; none).
 APPLY_SCRIPT = """
 local pending, ended = KEYS[1], KEYS[2]
 local p = cjson.decode(ARGV[1])
@@ -126,7 +128,11 @@ for _, s in ipairs(p.store) do
 end
 for _, d in ipairs(p.done) do
   redis.call('DEL', d[1])
-  redis.call('HSET', d[1], 'd', d[2])
+  if d[3] ~= '' then
+    redis.call('HSET', d[1], 'd', d[2], d[3], d[4])
+  else
+    redis.call('HSET', d[1], 'd', d[2])
+  end
   redis.call('ZREM', pending, d[1])
   redis.call('ZADD', ended, p['until'], d[1])
 end
@@ -173,16 +179,18 @@ for _, part in ipairs(p.parts) do
     redis.call('ZREM', pending, k)
     local v = redis.call('HMGET', k, 's', 'e', 'd')
     if not v[3] then
+      redis.call('DEL', k)
       if v[1] then
         starts[#starts + 1] = v[1]
         keys[#keys + 1] = k
+        redis.call('HSET', k, 'd', 'o', 's', v[1])
       elseif v[2] then
         orphan_ends = orphan_ends + 1
+        redis.call('HSET', k, 'd', 'x', 'e', v[2])
       else
         missing = missing + 1
+        redis.call('HSET', k, 'd', 'p')
       end
-      redis.call('DEL', k)
-      redis.call('HSET', k, 'd', 'o')
       redis.call('ZADD', ended, till, k)
     end
   end
@@ -252,7 +260,8 @@ class PairingPlan:
     offset: int = -1  # the chunk's last offset
     rows: list[dict] = field(default_factory=list)
     store: list[tuple[str, Half]] = field(default_factory=list)  # (key, half) to HSETNX
-    done: list[tuple[str, str]] = field(default_factory=list)  # (key, "p" | "o") tombstones
+    # Tombstones to write: (key, code, field, half): the half is kept under field (or "").
+    done: list[tuple[str, str, str, str]] = field(default_factory=list)
     cleanup: list[str] = field(default_factory=list)  # tombstones whose time is over
     unpend: list[str] = field(default_factory=list)  # stale entries of the pending set
     pairs: int = 0  # page views emitted paired
@@ -307,6 +316,7 @@ class PageViewPairing:
         """Rows and mutations for one chunk (its halves in offset order, its Kafka clock and
         last offset); reads Redis only."""
         cfg = self.config
+        wait = cfg.max_wait_ms
         plan = PairingPlan(partition=partition, clock=clock, offset=offset)
         first: dict[str, dict[str, Half]] = {}
         for h in halves:
@@ -317,7 +327,7 @@ class PageViewPairing:
                 slot[h.kind] = h
         keys = list(first)
         arg = {"keys": keys, "now": str(clock), "limit": cfg.sweep_limit}
-        flat, due, old = self._read(
+        flat, due_flat, old = self._read(
             keys=[self.pending_key(partition), self.ended_key(partition)],
             args=[orjson.dumps(arg)],
         )
@@ -325,57 +335,99 @@ class PageViewPairing:
             keys[int(flat[j]) - 1]: (flat[j + 1], flat[j + 2], flat[j + 3])
             for j in range(0, len(flat), 4)
         }
+        due: set[str] = set()
+        for j in range(0, len(due_flat), 4):
+            k = _s(due_flat[j])
+            due.add(k)
+            states[k] = (due_flat[j + 1], due_flat[j + 2], due_flat[j + 3])
         empty = (b"", b"", b"")
-        paired: set[str] = set()
-        for k in keys:
-            mine = first[k]
-            stored_s, stored_e, done = states.get(k, empty)
-            if done:
-                n = len(mine)
-                if done == UNPAIRED.encode() and END in mine:
-                    plan.late += 1
-                    n -= 1
-                plan.duplicates += n
-                continue
-            stored: dict[str, Half] = {}
-            if stored_s:
-                stored[START] = Half.loads(START, stored_s)
-            if stored_e:
-                stored[END] = Half.loads(END, stored_e)
-            for kind in list(mine):
-                if kind in stored:
-                    plan.duplicates += 1  # a re-send, or this very half after a replay
-                    del mine[kind]
-            start = stored.get(START) or mine.get(START)
-            end = stored.get(END) or mine.get(END)
-            if start is not None and end is not None:
-                plan.rows.append(page_view_row(start, end))
-                plan.done.append((k, PAIRED))
-                plan.pairs += 1
-                paired.add(k)
-            else:
-                for h in mine.values():
-                    plan.store.append((k, h))
-        # Halves whose wait the chunk's clock ended (and that the chunk did not pair).
-        for j in range(0, len(due), 4):
-            k = _s(due[j])
-            if k in paired:
-                continue
-            stored_s, stored_e, done = due[j + 1], due[j + 2], due[j + 3]
-            if done:
-                plan.unpend.append(k)
-            elif stored_s:
-                plan.rows.append(page_view_row(Half.loads(START, stored_s), None))
-                plan.done.append((k, UNPAIRED))
-                plan.orphans += 1
-            elif stored_e:
-                plan.done.append((k, UNPAIRED))
-                plan.orphan_ends += 1
-            else:
-                plan.unpend.append(k)
-                plan.missing += 1
+        for k in keys + [k for k in due if k not in first]:
+            self._plan_one(plan, k, first.get(k, {}), states.get(k, empty), k in due, wait)
         plan.cleanup = [k for k in map(_s, old) if k not in first]
         return plan
+
+    def _plan_one(
+        self,
+        plan: PairingPlan,
+        k: str,
+        mine: dict[str, Half],
+        state: tuple[bytes, bytes, bytes],
+        due: bool,
+        wait: int,
+    ) -> None:
+        """One page view: the chunk's first halves (``mine``), its stored state, and whether
+        the chunk's clock ended the wait of its stored half. The halves pair iff they
+        reached Kafka at most ``wait`` apart, whatever the order in which they are handled."""
+        raw_s, raw_e, done = state
+        stored_s = Half.loads(START, raw_s) if raw_s else None
+        stored_e = Half.loads(END, raw_e) if raw_e else None
+        if due and done:
+            plan.unpend.append(k)  # a stale entry of the pending set
+        if done == UNPAIRED.encode() and stored_s is not None:
+            # The start was emitted unpaired; its first end may still pair (producer clock
+            # skew): the paired row replaces the unpaired one (ReplacingMergeTree).
+            plan.duplicates += START in mine
+            end = mine.get(END)
+            if end is not None:
+                if abs(end.kafka_ts - stored_s.kafka_ts) <= wait:
+                    plan.rows.append(page_view_row(stored_s, end))
+                    plan.pairs += 1
+                else:
+                    plan.late += 1
+                plan.done.append((k, PAIRED, "", ""))
+            return
+        if done == ORPHAN_END.encode() and stored_e is not None:
+            # The end was dropped as an orphan; its first start still makes the page view.
+            plan.duplicates += END in mine
+            start = mine.get(START)
+            if start is not None:
+                if abs(start.kafka_ts - stored_e.kafka_ts) <= wait:
+                    plan.rows.append(page_view_row(start, stored_e))
+                    plan.pairs += 1
+                else:
+                    plan.rows.append(page_view_row(start, None))
+                    plan.orphans += 1
+                plan.done.append((k, PAIRED, "", ""))
+            return
+        if done:  # closed
+            plan.duplicates += len(mine)
+            return
+        stored: dict[str, Half] = {}
+        if stored_s is not None:
+            stored[START] = stored_s
+        if stored_e is not None:
+            stored[END] = stored_e
+        for kind in list(mine):
+            if kind in stored:
+                plan.duplicates += 1  # a re-send, or this very half after a replay
+                del mine[kind]
+        start = stored.get(START) or mine.get(START)
+        end = stored.get(END) or mine.get(END)
+        if start is not None and end is not None:
+            if abs(end.kafka_ts - start.kafka_ts) <= wait:
+                plan.rows.append(page_view_row(start, end))
+                plan.pairs += 1
+            else:  # too far apart: the start alone, the end dropped
+                plan.rows.append(page_view_row(start, None))
+                plan.orphans += 1
+                if end.kafka_ts < start.kafka_ts:
+                    plan.orphan_ends += 1
+                else:
+                    plan.late += 1
+            plan.done.append((k, PAIRED, "", ""))
+        elif due and stored_s is not None:
+            plan.rows.append(page_view_row(stored_s, None))
+            plan.orphans += 1
+            plan.done.append((k, UNPAIRED, START, raw_s.decode()))
+        elif due and stored_e is not None:
+            plan.orphan_ends += 1
+            plan.done.append((k, ORPHAN_END, END, raw_e.decode()))
+        elif due:
+            plan.unpend.append(k)
+            plan.missing += 1
+        else:
+            for h in mine.values():
+                plan.store.append((k, h))
 
     def apply(self, plan: PairingPlan) -> None:
         """The plan's Redis mutations in one atomic script; idempotent."""

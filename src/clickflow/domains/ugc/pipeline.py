@@ -402,7 +402,6 @@ class UgcHandler:
             clocks[p] = max(clock, now) if offset + 1 >= high else clock
         return clocks
 
-
     def _sweep_loop(self) -> None:
         interval = self.config.sweep_interval_seconds
         while not self._stop.wait(interval):

@@ -1,8 +1,9 @@
 -- UGC (online cinema): one table per event kind, paired page views, processing errors.
 -- Every table takes deduplicated inserts (insert_deduplication_token = the Kafka chunk's
 -- offset range), hence non_replicated_deduplication_window. Event tables are
--- ReplacingMergeTree with event_id last in the sorting key: an exact re-send of an event
--- (same event_id, same server timestamp) collapses; the API reads them with FINAL.
+-- ReplacingMergeTree with (event_id, user_id) last in the sorting key: an exact re-send of
+-- an event (same event_id from the same user, same server timestamp) collapses, while two
+-- users' events with the same client id do not; the API reads them with FINAL.
 -- Timestamps are UTC, millisecond precision.
 
 CREATE TABLE IF NOT EXISTS ugc_element_click
@@ -15,7 +16,7 @@ CREATE TABLE IF NOT EXISTS ugc_element_click
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(timestamp)
-ORDER BY (page_type, element_type, timestamp, event_id)
+ORDER BY (page_type, element_type, timestamp, event_id, user_id)
 TTL toDateTime(timestamp) + INTERVAL 365 DAY
 SETTINGS non_replicated_deduplication_window = 1000;
 
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS ugc_quality_change
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(timestamp)
-ORDER BY (video_id, timestamp, event_id)
+ORDER BY (video_id, timestamp, event_id, user_id)
 TTL toDateTime(timestamp) + INTERVAL 365 DAY
 SETTINGS non_replicated_deduplication_window = 1000;
 
@@ -63,7 +64,7 @@ CREATE TABLE IF NOT EXISTS ugc_video_complete
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(timestamp)
-ORDER BY (video_id, timestamp, event_id)
+ORDER BY (video_id, timestamp, event_id, user_id)
 TTL toDateTime(timestamp) + INTERVAL 365 DAY
 SETTINGS non_replicated_deduplication_window = 1000;
 
@@ -77,7 +78,7 @@ CREATE TABLE IF NOT EXISTS ugc_search_filter
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(timestamp)
-ORDER BY (toStartOfHour(timestamp), filters, timestamp, event_id)
+ORDER BY (toStartOfHour(timestamp), filters, timestamp, event_id, user_id)
 TTL toDateTime(timestamp) + INTERVAL 365 DAY
 SETTINGS non_replicated_deduplication_window = 1000;
 
