@@ -169,6 +169,15 @@ def expected_by_kafka_time(log: list[tuple[bytes, int]], wait_ms: int) -> list[R
     return sorted(rows)
 
 
+def committed(settings: Settings, topic: str, group: str) -> int:
+    c = Consumer(consumer_config(settings, group))
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(4)], timeout=10)
+    finally:
+        c.close()
+    return sum(max(0, tp.offset) for tp in tps)
+
+
 def log_order(settings: Settings, topic: str, last: dict[int, int]) -> list[bytes]:
     """Every record of ``topic`` up to ``last``, partition by partition in offset order: the
     order the pipeline sees (a producer retry may reorder what we sent)."""

@@ -18,15 +18,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from clickflow.config import Settings
 from clickflow.domains.ugc.traffic import UgcEventFactory
-from clickflow.kafka.config import consumer_config
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from tests.processes import stop_tree
 
-from .support import BASE_TS, PAGE_VIEW_SQL, expected_page_views, log_order, produce
+from .support import BASE_TS, PAGE_VIEW_SQL, committed, expected_page_views, log_order, produce
 
 READ_BACK = """
 import json, sys
@@ -38,15 +36,6 @@ UgcHandler(settings, background_sweep=False).sweep(now_ms=int(sys.argv[2]))
 rows = clickhouse_client(settings).query(sys.argv[1]).result_rows
 print(json.dumps([list(r) for r in rows]))
 """
-
-
-def committed(settings: Settings, topic: str, group: str) -> int:
-    c = Consumer(consumer_config(settings, group))
-    try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(4)], timeout=10)
-    finally:
-        c.close()
-    return sum(max(0, tp.offset) for tp in tps)
 
 
 # Several `clickflow process` starts, each a minute on a busy machine.
