@@ -231,7 +231,8 @@ class UgcHandler:
         self._watermarks: Consumer | None = None  # reads partition ends for the idle sweep
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._fault = fault  # tests: raise at "after_insert" / "after_redis" / "sweep_insert"
+        # Tests: raise at "after_insert" / "after_redis" / "sweep_insert" / "sweep_inserted".
+        self._fault = fault
         self._sweeper: threading.Thread | None = None
         if background_sweep:
             self._sweeper = threading.Thread(target=self._sweep_loop, name="ugc-sweep", daemon=True)
@@ -365,6 +366,8 @@ class UgcHandler:
             if self._fault:
                 self._fault("sweep_insert")
             self._insert(PAGE_VIEW_TABLE, rows, token)
+            if self._fault:
+                self._fault("sweep_inserted")
 
         with self._lock:
             known = self.pairing.clocks()
