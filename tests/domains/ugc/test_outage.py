@@ -21,6 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from clickflow.config import Settings
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 
@@ -112,6 +114,8 @@ def traffic(t0: int, rng: random.Random) -> tuple[list, list]:
     return before, during
 
 
+@pytest.mark.chaos  # ~3 min on a shared 2-core machine; tests/domains/ugc/test_sweep.py
+# covers the same clock in-process within make test
 def test_outage_of_twice_the_wait_with_a_kill_in_the_sweep_loses_and_doubles_nothing(
     settings: Settings, redis_url: str, topic: str, tmp_path: Path
 ) -> None:
