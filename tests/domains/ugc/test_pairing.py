@@ -100,17 +100,22 @@ def test_pairs_in_any_order_across_batches_restarts_and_duplicates(
     assert [r for r in expected if r[1] == pv["F"]] == [
         (u[5], pv["F"], "movie", t + 100, None, None, 0)
     ]
-    # An end after its start expired, or a start re-sent, does not make a second page view.
+    # An end after its start was swept, or a start re-sent, does not make a second page
+    # view. This end reached Kafka well within the wait of its start (the sweep was forced
+    # ahead of the Kafka clock), so it still pairs: the paired row replaces the unpaired one.
     part3 = [half("end", u[5], pv["F"], t + 99_000), half("start", u[5], pv["F"], t + 100)]
     handler3 = Tracking(UgcHandler(rsettings, handler.inner.config, background_sweep=False))
     last = produce(rsettings, topic, part3)
     run_pipeline(rsettings, handler3, lambda: handler3.reached(last), SMALL, f"g-{topic}")
-    assert page_views(rsettings) == expected
+    assert page_views(rsettings) == expected_page_views(part1 + part2 + part3)
+    assert [r for r in page_views(rsettings) if r[1] == pv["F"]] == [
+        (u[5], pv["F"], "movie", t + 100, t + 99_000, 98.9, 1)
+    ]
     errors = clickhouse_client(rsettings).query("SELECT count() FROM ugc_processing_errors")
     assert errors.result_rows[0][0] == 3
-    # Metrics: pairs made (A B E, then C D), orphans expired (F), ends never started (G),
-    # late ends (F's), and the share of page views without an end.
-    assert [c._value.get() - b for c, b in zip(counters, before, strict=True)] == [5, 1, 1, 1]
+    # Metrics: pairs made (A B E, then C D, then F), orphans expired (F), ends never started
+    # (G), late ends (none), and the share of page views without an end.
+    assert [c._value.get() - b for c, b in zip(counters, before, strict=True)] == [6, 1, 1, 0]
     pairs, orphans = metrics.PAIRS._value.get(), metrics.ORPHANS._value.get()
     assert metrics.UNENDED_SHARE._value.get() == pytest.approx(orphans / (pairs + orphans))
 
@@ -141,9 +146,13 @@ def test_interrupted_orphan_sweep_is_redone_with_the_same_rows(rsettings: Settin
     handler.pairing.apply(plan)
     with pytest.raises(ConnectionError):
         handler.sweep(now_ms=FAR_FUTURE_MS)
-    # The intent and tombstones are recorded: a new end is late, the redo emits the same rows.
+    # The intent and tombstones are recorded: an end 13 h after its start is late, the redo
+    # emits the same rows.
     late = handler.pairing.plan(
-        [Half("e", "late", "u1", "pv1", BASE_TS + 9, "movie", BASE_TS + 9)], 0, BASE_TS + 9, 6
+        [Half("e", "late", "u1", "pv1", BASE_TS + 9, "movie", BASE_TS + 13 * 3_600_000)],
+        0,
+        BASE_TS + 13 * 3_600_000,
+        6,
     )
     assert late.rows == [] and late.late == 1
     assert handler.sweep(now_ms=FAR_FUTURE_MS) == 4
