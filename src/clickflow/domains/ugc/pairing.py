@@ -20,8 +20,10 @@ State (Redis; every key starts with the configured prefix, then one namespace pe
 * ``pv:<len(user_id)>:<user_id><page_view_id>`` — one hash per page view. The user id is
   length-prefixed, so no two page views share a key and no id can reach another namespace.
   ``s`` / ``e``: the start / end still waiting for its partner (JSON, first one stored
-  wins, HSETNX); ``d``: a tombstone once the page view was emitted (``p`` paired, ``o``
-  unpaired), kept ``done_ttl`` of Kafka time so a late copy of either half is dropped.
+  wins, HSETNX); ``d``: a tombstone once the page view was emitted, kept ``done_ttl`` of
+  Kafka time so a late copy of either half is dropped: ``p`` closed, ``o`` the start was
+  emitted unpaired (``s`` kept: an end within the wait still pairs, and its row replaces
+  the unpaired one), ``x`` the end was dropped as an orphan (``e`` kept, for its start).
   No key has a wall-clock TTL: a half lives until it is emitted, whatever the outage.
 * ``pending:<partition>`` — sorted set of the hashes with a waiting half, score: its
   deadline (Kafka time of the half + max wait);
