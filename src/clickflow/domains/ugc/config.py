@@ -51,8 +51,10 @@ class UgcConfig(BaseSettings):
 
     # Verdicts, from the record and the time it reached Kafka (never the processing clock,
     # so a replay reaches the same verdict): a timestamp this far after its Kafka time is
-    # "in the future", one older than the tables' retention (TTL 365 days) "too old".
-    max_future_seconds: float = Field(default=300, ge=0)
+    # "in the future", one older than the tables' retention (TTL 365 days) "too old". The
+    # collector stamps the time it received an event; the traffic generator, which writes
+    # to Kafka itself, stamps a page view's end up to 10 min ahead of sending it.
+    max_future_seconds: float = Field(default=3600, ge=0)
     retention_days: int = Field(default=365, ge=1)
 
     def trigger(self) -> BatchTrigger:
