@@ -171,8 +171,11 @@ def run_property(settings: Settings, topic: str, examples: int) -> None:
         for e in events:
             e = {**e, "user_id": rename[e["user_id"]], "timestamp": arrived + e["timestamp"]}
             records.append(e)
-        for i in resent:  # a client retry: same event, a new server timestamp
-            records.append({**records[i], "timestamp": records[i]["timestamp"] + 1})
+        for i in resent:  # a client retry: same event, a new server timestamp (kept out of
+            # the retention's last day, see ``timestamps``)
+            ts = records[i]["timestamp"]
+            ts = ts - 1 if ts - arrived < -364 * DAY else ts + 1
+            records.append({**records[i], "timestamp": ts})
         for e in records:
             value = orjson.dumps(e)
             batch.append((value, arrived))

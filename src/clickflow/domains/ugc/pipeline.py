@@ -20,6 +20,7 @@ Operation: continuous by default, or scheduled (one batch every X seconds) — s
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -237,6 +238,9 @@ class UgcHandler:
         if background_sweep:
             self._sweeper = threading.Thread(target=self._sweep_loop, name="ugc-sweep", daemon=True)
             self._sweeper.start()
+            # Stop it before the interpreter tears down: a daemon thread caught inside
+            # librdkafka or chDB at exit crashes the process (SIGSEGV).
+            atexit.register(self.close)
 
     @property
     def pairing(self) -> PageViewPairing:
@@ -250,8 +254,11 @@ class UgcHandler:
         self._stop.set()
         if self._sweeper is not None:
             self._sweeper.join(timeout=10)
-        if self._watermarks is not None:
-            self._watermarks.close()
+            atexit.unregister(self.close)
+        with self._lock:
+            if self._watermarks is not None:
+                self._watermarks.close()
+                self._watermarks = None
 
     # -- batches ------------------------------------------------------------------------------
 
