@@ -20,7 +20,7 @@ from clickflow.kafka.batch import BatchTrigger
 from clickflow.migrations import migrate_clickhouse
 from clickflow.stores.clickhouse import clickhouse_client
 
-from .helpers import (
+from .support import (
     BASE_TS,
     Tracking,
     half,

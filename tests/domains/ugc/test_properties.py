@@ -32,7 +32,7 @@ from clickflow.migrations import migrate_clickhouse
 from clickflow.stores.clickhouse import clickhouse_client
 from tests.hostile_text import hostile_text, json_with_escapes
 
-from .helpers import PAGE_VIEW_SQL, Tracking, produce_at, ugc_config
+from .support import PAGE_VIEW_SQL, Tracking, produce_at, ugc_config
 
 DAY = 86_400_000
 FUTURE = int(UgcConfig().max_future_seconds * 1000)

@@ -16,7 +16,7 @@ from clickflow.domains.ugc.pipeline import UgcHandler
 from clickflow.migrations import migrate_clickhouse
 from clickflow.stores.clickhouse import clickhouse_client
 
-from .helpers import BASE_TS, page_views, ugc_config
+from .support import BASE_TS, page_views, ugc_config
 
 H = 3_600_000
 FAR_FUTURE_MS = int(time.time() * 1000) + 10 * 86_400_000
