@@ -131,6 +131,16 @@ def process(
     Serves /healthz, /metrics (and /debug/profile when enabled) on CLICKFLOW_PROCESS_PORT."""
     import threading
 
+    # First of all: a stop requested while the process is still starting (imports and
+    # migrations take seconds on a busy machine) ends it cleanly instead of killing it.
+    stopping = threading.Event()
+
+    def _stop(_sig: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
     from clickflow.kafka.batch import BatchTrigger, Delivery
     from clickflow.migrations import migrate_clickhouse, migrate_postgres
     from clickflow.observability.process_http import start_process_http
@@ -173,13 +183,8 @@ def process(
         migrate_clickhouse(settings)
     if any(specs[n].store == "postgres" for n in names):
         migrate_postgres(settings)
-    stopping = threading.Event()
-
-    def _stop(_sig: int, _frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    if stopping.is_set():
+        return
     runners = start_runners(settings, [(specs[n], options(n)) for n in names])
     try:
         http = start_process_http(settings, names, runner_checks(runners))
