@@ -68,7 +68,8 @@ def serve(
     runners = []
     if pipelines:
         specs = [s for s in all_pipelines().values() if s.store == "clickhouse"]
-        runners = start_runners(settings, [(s, None) for s in specs])
+        # CLICKFLOW_CONSUMERS per pipeline: threads in one group, sharing the one chDB.
+        runners = start_runners(settings, [(s, None) for s in specs], settings.consumers)
     sql_server = None
     if sql_endpoint:
         from clickflow.api.clickhouse_http import SqlEndpoint
@@ -125,6 +126,10 @@ def process(
         str | None, typer.Option(help="at-least-once or exactly-once (default: the pipeline's)")
     ] = None,
     group: Annotated[str | None, typer.Option(help="consumer group id")] = None,
+    consumers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="consumers per pipeline, one group (CLICKFLOW_CONSUMERS)"),
+    ] = None,
 ) -> None:
     """Run pipelines in this process until SIGINT/SIGTERM (then finish the batch and commit).
 
@@ -185,7 +190,8 @@ def process(
         migrate_postgres(settings)
     if stopping.is_set():
         return
-    runners = start_runners(settings, [(specs[n], options(n)) for n in names])
+    count = consumers or settings.consumers
+    runners = start_runners(settings, [(specs[n], options(n)) for n in names], count)
     try:
         http = start_process_http(settings, names, runner_checks(runners))
     except RuntimeStartError as e:

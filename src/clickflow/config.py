@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     # Topics clickflow creates: 1 on the embedded broker; 3 and 2 on a cluster (deploy/cluster)
     kafka_replication_factor: int = Field(default=1, ge=1)
     kafka_min_insync_replicas: int = Field(default=1, ge=1)
+    # Consumers per pipeline, in one group (`clickflow serve`: threads sharing the chDB)
+    consumers: int = Field(default=1, ge=1, le=64)
 
     # Stores: None = embedded (started by `clickflow up` or the test fixtures)
     clickhouse_dsn: str | None = None

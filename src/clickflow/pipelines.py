@@ -40,6 +40,11 @@ class PipelineSpec:
     build_handler: Callable[[Settings, PipelineOptions], BatchHandler]
     build_intent_log: Callable[[Settings], IntentLog] | None = None
     default_options: PipelineOptions = field(default_factory=PipelineOptions)
+    #: Raises when a store the handler writes to is down. With it, a batch that keeps
+    #: failing while every store is healthy has its rejected records isolated to the DLQ
+    #: (see :class:`~clickflow.kafka.consumer.BatchConsumer`); without it, every failure is
+    #: an outage (pause and retry).
+    health_check: Callable[[Settings], object] | None = None
 
 
 def all_pipelines() -> dict[str, PipelineSpec]:
@@ -66,6 +71,7 @@ def build_consumer(
         if spec.build_intent_log is None:
             raise ValueError(f"pipeline {spec.name} does not support exactly-once")
         intent_log = spec.build_intent_log(settings)
+    check = spec.health_check
     return BatchConsumer(
         name=spec.name,
         topics=[t.name for t in spec.topics],
@@ -75,7 +81,18 @@ def build_consumer(
         trigger=opts.trigger,
         delivery=opts.delivery,
         intent_log=intent_log,
+        health_check=(lambda: check(settings)) if check is not None else None,
     )
+
+
+def build_consumers(
+    settings: Settings, spec: PipelineSpec, options: PipelineOptions | None = None, count: int = 1
+) -> list[BatchConsumer]:
+    """``count`` consumers of the pipeline in one group: Kafka spreads the partitions over
+    them (each has its own handler; in one process they share the one ClickHouse)."""
+    if count < 1:
+        raise ValueError("the number of consumers must be at least 1")
+    return [build_consumer(settings, spec, options) for _ in range(count)]
 
 
 PIPELINE_RESTARTS = Counter(
@@ -187,16 +204,22 @@ def _close_handler(consumer: BatchConsumer | None) -> None:
 
 
 def start_runners(
-    settings: Settings, specs: list[tuple[PipelineSpec, PipelineOptions | None]]
+    settings: Settings,
+    specs: list[tuple[PipelineSpec, PipelineOptions | None]],
+    consumers: int = 1,
 ) -> list[PipelineRunner]:
-    """Build and start one supervised consumer thread per pipeline."""
+    """Build and start supervised consumer threads: ``consumers`` per pipeline, all of a
+    pipeline's in one group (Kafka spreads the partitions over them)."""
+    if consumers < 1:
+        raise ValueError("the number of consumers must be at least 1")
     runners = [
         PipelineRunner(
-            spec.name,
+            spec.name if consumers == 1 else f"{spec.name}#{i + 1}",
             functools.partial(build_consumer, settings, spec, opts),
             stall_seconds=settings.pipeline_stall_seconds,
         )
         for spec, opts in specs
+        for i in range(consumers)
     ]
     for r in runners:
         r.start()

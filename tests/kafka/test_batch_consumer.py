@@ -11,10 +11,12 @@ import pytest
 from confluent_kafka import Consumer
 
 from clickflow.config import Settings
+from clickflow.exactly_once.intent_log import resolve_overlaps
 from clickflow.kafka.batch import Batch, BatchTrigger, Chunk, Delivery
 from clickflow.kafka.config import consumer_config, producer_config
 from clickflow.kafka.consumer import BatchConsumer
 from clickflow.kafka.dlq import DeadLetter
+from clickflow.kafka.exceptions import Fenced
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 
@@ -176,22 +178,50 @@ def test_poison_record_goes_to_dlq_and_does_not_stop_the_partition(
 
 
 class MemoryIntentLog:
+    """The intent log's contract in memory: epochs, the fence, overlaps resolved the same way
+    as :class:`~clickflow.exactly_once.intent_log.ClickHouseIntentLog`."""
+
     def __init__(self) -> None:
         self.ranges: list[tuple[str, str, int, int, int]] = []
+        self.epochs: dict[tuple[str, str, int], int] = {}
+        self.epoch_of: dict[tuple[str, str, int, int, int], int] = {}
+        self.fail_records = 0
+
+    def claim(self, group, partitions, proposed):
+        epoch = max([proposed] + [self.epochs.get((group, t, p), 0) + 1 for t, p in partitions])
+        for t, p in partitions:
+            self.epochs[(group, t, p)] = epoch
+        return epoch
 
     def record(self, group: str, chunks: list[Chunk]) -> None:
-        self.ranges += [
-            (group, c.topic, c.partition, c.first_offset, c.last_offset) for c in chunks
-        ]
+        if self.fail_records > 0:
+            self.fail_records -= 1
+            raise ConnectionError("intent log is down")
+        for c in chunks:
+            key = (group, c.topic, c.partition, c.first_offset, c.last_offset)
+            self.ranges.append(key)
+            self.epoch_of[key] = max(self.epoch_of.get(key, 0), c.epoch)
+            tp = (group, c.topic, c.partition)
+            self.epochs[tp] = max(self.epochs.get(tp, 0), c.epoch)
+        fenced = {
+            (c.topic, c.partition)
+            for c in chunks
+            if self.epochs[(group, c.topic, c.partition)] > c.epoch
+        }
+        if fenced:
+            raise Fenced(fenced)
 
     def pending(self, group, topic, partition, from_offset):
-        return sorted(
-            {
-                (a, b)
-                for g, t, p, a, b in self.ranges
+        return resolve_overlaps(
+            [
+                (a, b, self.epoch_of[(g, t, p, a, b)])
+                for g, t, p, a, b in set(self.ranges)
                 if (g, t, p) == (group, topic, partition) and b >= from_offset
-            }
+            ]
         )
+
+    def forget_committed(self, group, committed) -> None:
+        pass
 
 
 class TokenSink(MemorySink):

@@ -21,6 +21,16 @@ PIPELINE_INSERT_SETTINGS = {
     "input_format_parallel_parsing": 0,
 }
 
+# Settings of every chunk insert, rollups or not. A chunk may span any number of a table's
+# partitions (a history import: page views of 150 months, ad clicks of 150 days on one Kafka
+# partition); ClickHouse refuses an insert block over max_partitions_per_insert_block (100)
+# with "Too many partitions for single INSERT block", on every retry. The limit guards against
+# a wrong PARTITION BY, not against data: the block is written as one part per partition, each
+# part deduplicated by the chunk's token and its partition's place in the block (the same in
+# a replay of the same chunk), in the table and in every rollup. Each part takes one entry of
+# the table's non_replicated_deduplication_window.
+CHUNK_INSERT_SETTINGS = {"throw_on_max_partitions_per_insert_block": 0}
+
 
 def insert_chunk(
     client: Client,
@@ -36,7 +46,7 @@ def insert_chunk(
 
     ``rollups=False`` for a table no materialized view reads (the setting then costs a
     lookup of dependent views for nothing)."""
-    settings: dict[str, object] = {"insert_deduplication_token": token}
+    settings: dict[str, object] = {"insert_deduplication_token": token, **CHUNK_INSERT_SETTINGS}
     if rollups:
         settings.update(PIPELINE_INSERT_SETTINGS)
     client.raw_insert(

@@ -26,10 +26,16 @@ class Delivery(StrEnum):
 
 @dataclass(frozen=True)
 class BatchTrigger:
-    """When to hand a batch over: ``max_records`` and/or ``max_seconds`` (first one wins)."""
+    """When to hand a batch over: ``max_records`` and/or ``max_seconds`` (first one wins).
+
+    Whatever the mode, a batch is also handed over when the records held in memory reach
+    ``max_buffer_records`` or ``max_buffer_bytes`` (values only): time-only batching at a
+    high rate would otherwise grow until the timer fires, and so would its replay."""
 
     max_records: int | None = 1000
     max_seconds: float | None = 1.0
+    max_buffer_records: int = 500_000
+    max_buffer_bytes: int = 128 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.max_records is None and self.max_seconds is None:
@@ -38,6 +44,13 @@ class BatchTrigger:
             raise ValueError("max_records must be between 1 and 1,000,000")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ValueError("max_seconds must be positive")
+        if self.max_buffer_records < 1 or self.max_buffer_bytes < 1:
+            raise ValueError("max_buffer_records and max_buffer_bytes must be positive")
+
+    @property
+    def record_cap(self) -> int:
+        """Records held in memory before a batch is handed over, whatever the mode."""
+        return max(self.max_buffer_records, self.max_records or 0)
 
     @classmethod
     def from_mode(cls, mode: str, records: int = 1000, seconds: float = 1.0) -> BatchTrigger:
@@ -60,6 +73,9 @@ class Chunk:
     first_offset: int
     last_offset: int
     messages: list[Message]
+    #: The consumer's ownership epoch of the partition when the chunk was cut: the chunk is
+    #: written only while the consumer still owns the partition in that same epoch.
+    epoch: int = 0
 
     def token(self, group: str, suffix: str = "") -> str:
         """Deterministic insert-deduplication token for this offset range and its records.
@@ -119,10 +135,28 @@ class PipelinedBatchHandler(BatchHandler, Protocol):
 
 
 class IntentLog(Protocol):
-    """Durable record of the offset ranges about to be written (exactly-once mode)."""
+    """Durable record of the offset ranges about to be written (exactly-once mode).
 
-    def record(self, group: str, chunks: list[Chunk]) -> None: ...
+    Every record carries the epoch of the partition's owner that wrote it (``Chunk.epoch``);
+    epochs grow with each new owner of a partition (:meth:`claim`)."""
+
+    def claim(self, group: str, partitions: list[tuple[str, int]], proposed: int) -> int:
+        """A new owner of ``partitions``: returns its epoch, ``proposed`` or more, above every
+        epoch recorded for them so far."""
+        ...
+
+    def record(self, group: str, chunks: list[Chunk]) -> None:
+        """Record the chunks' ranges; raises :class:`~clickflow.kafka.exceptions.Fenced`
+        when a later owner has claimed one of their partitions (nothing may be written)."""
+        ...
 
     def pending(
         self, group: str, topic: str, partition: int, from_offset: int
-    ) -> list[tuple[int, int]]: ...
+    ) -> list[tuple[int, int]]:
+        """Recorded ranges ending at or after ``from_offset``, non-overlapping, in offset
+        order; where ranges overlap, the latest owner's win."""
+        ...
+
+    def forget_committed(self, group: str, committed: dict[tuple[str, int], int]) -> None:
+        """Let ranges below the committed offsets expire (after the log's lifetime)."""
+        ...

@@ -6,6 +6,12 @@ A pipeline supplies a :class:`BatchHandler`; the framework does the rest:
 * dead letters returned by the handler go to ``<topic>.dlq`` (acked before the commit);
 * a failing handler (its sink is down) is retried with exponential backoff and jitter while
   consumption is paused — nothing is dropped and the loop does not spin;
+* a batch that keeps failing while the pipeline's stores answer their health check holds a
+  record the store rejects: the framework bisects it, sends that record to the DLQ with the
+  store's error, and writes the rest (:meth:`BatchConsumer._isolate`);
+* fenced writes: a chunk is written only while its consumer owns the partition in the epoch
+  the chunk was cut in (checked before every attempt and retry); chunks of partitions
+  revoked meanwhile are dropped, never written, and their next owner reads them again;
 * offsets are committed manually, only after the handler returned (at-least-once);
 * exactly-once mode adds an *intent log*: before the handler runs, the offset range of
   each partition chunk is recorded in the sink's store. After a crash the same ranges are
@@ -21,6 +27,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -32,6 +39,7 @@ from clickflow.exactly_once.replay import ReplayPlan
 from clickflow.hot_loops import FEWER_COLLECTIONS, PROMPT_HANDOFFS
 from clickflow.kafka.batch import Batch, BatchHandler, BatchTrigger, Chunk, Delivery, IntentLog
 from clickflow.kafka.dlq import DeadLetter, publish_dead_letters, remember_dead_letters
+from clickflow.kafka.exceptions import Fenced
 from clickflow.kafka.producer import EventProducer
 from clickflow.logs import log_fields
 
@@ -50,6 +58,16 @@ BATCH_SECONDS = Histogram(
 LAST_OFFSET = Gauge(
     "clickflow_consumer_last_offset", "Last committed offset", ["pipeline", "topic", "partition"]
 )
+FENCED = Counter(
+    "clickflow_consumer_fenced_chunks",
+    "Chunks dropped unwritten: their partition moved to another consumer",
+    ["pipeline"],
+)
+ISOLATED = Counter(
+    "clickflow_consumer_isolated_records",
+    "Records the store kept rejecting while healthy, sent to the DLQ",
+    ["pipeline"],
+)
 SINK_DOWN = Gauge("clickflow_consumer_sink_down", "1 while the handler is failing", ["pipeline"])
 LAG = Gauge(
     "clickflow_consumer_lag",
@@ -66,7 +84,6 @@ class _InFlight:
     """A batch a pipelined handler is still writing (``future`` is None once taken)."""
 
     batch: Batch
-    chunks: list[Chunk]
     future: Future[list[DeadLetter]] | None
     started: float
 
@@ -102,6 +119,15 @@ class BatchConsumer:
     fetch_size: int = 10000
     #: Batches a :class:`PipelinedBatchHandler` may still be writing while the next is read.
     max_in_flight: int = 1
+    #: Raises (or returns False) when a store of the pipeline is down. With it, a batch that
+    #: failed ``isolate_after`` times while the stores are healthy is bisected down to the
+    #: records the store rejects (each tried ``isolate_tries`` times alone), which go to the
+    #: DLQ. Without it every failure counts as an outage (pause and retry for ever).
+    health_check: Callable[[], object] | None = None
+    isolate_after: int = 3
+    isolate_tries: int = 2
+    #: How often committed intent ranges are handed to the intent log to expire.
+    intent_prune_every_s: float = 60.0
     stats: ConsumerStats = field(default_factory=ConsumerStats)
 
     def __post_init__(self) -> None:
@@ -109,10 +135,15 @@ class BatchConsumer:
             raise ValueError("exactly-once delivery needs an intent log")
         self._stop = threading.Event()
         self._buffer: list[Message] = []
+        self._buffer_bytes = 0
         self._held: list[Message] = []
         self._replay = ReplayPlan()
-        self._revoked: set[TP] = set()
-        self._assigned: set[TP] = set()
+        # The owned partitions and the epoch of each: a new one at every assignment, so a
+        # chunk cut before a partition was revoked (and maybe assigned back) is never written.
+        self._epochs: dict[TP, int] = {}
+        self._last_epoch = 0
+        self._committed: dict[TP, int] = {}
+        self._last_prune = time.monotonic()
         self.group = self.consumer_conf["group.id"]
         self.ready = threading.Event()  # set once partitions are assigned
         self._consumer: Consumer | None = None
@@ -178,8 +209,18 @@ class BatchConsumer:
             self._paused.extend(partitions)
         else:
             consumer.resume(partitions)
-        self._assigned |= tps
-        self._revoked -= tps
+        epoch = self._last_epoch = max(time.time_ns(), self._last_epoch + 1)
+        if self.delivery is Delivery.EXACTLY_ONCE and self.intent_log is not None and tps:
+            try:
+                epoch = self.intent_log.claim(self.group, sorted(tps), epoch)
+            except Exception as e:  # records carry the epoch anyway; a claim fences earlier
+                log.warning(
+                    "could not claim partitions in the intent log",
+                    extra=log_fields(pipeline=self.name, error=f"{type(e).__name__}: {e}"[:500]),
+                )
+            self._last_epoch = max(self._last_epoch, epoch)
+        for tp in tps:
+            self._epochs[tp] = epoch
         if self.delivery is Delivery.EXACTLY_ONCE and self.intent_log is not None:
             committed = consumer.committed(partitions, timeout=10)
             for tp in committed:
@@ -207,20 +248,25 @@ class BatchConsumer:
         else:
             # Batches still being written are finished and committed while we own them.
             self._finish_in_flight(consumer, give_up_on_failure=True)
-        tps = {(p.topic, p.partition) for p in partitions}
-        self._assigned -= tps
-        self._revoked |= tps
+        self._drop_partitions({(p.topic, p.partition) for p in partitions})
+
+    def _drop_partitions(self, tps: set[TP]) -> None:
+        """Forget partitions this consumer no longer owns: chunks cut for them are fenced off,
+        and their uncommitted records are re-read by their next owner."""
         for tp in tps:
+            self._epochs.pop(tp, None)
             self._replay.forget(tp)
-        # Uncommitted records of revoked partitions are re-read by their next owner.
         self._buffer = [m for m in self._buffer if (m.topic(), m.partition()) not in tps]
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in tps]
+        self._buffer_bytes = sum(map(len, self._buffer)) + sum(map(len, self._held))
 
     # -- main loop ---------------------------------------------------------------------------
 
     def _loop(self, consumer: Consumer) -> None:
         max_records = self.trigger.max_records
         max_seconds = self.trigger.max_seconds
+        cap_records = self.trigger.record_cap
+        cap_bytes = self.trigger.max_buffer_bytes
         last_flush = time.monotonic()
         new_since_flush = 0
         while not self._stop.is_set():
@@ -229,7 +275,8 @@ class BatchConsumer:
             timeout = 0.1
             if max_seconds is not None:
                 timeout = max(0.0, min(timeout, last_flush + max_seconds - time.monotonic()))
-            want = self.fetch_size
+            held = len(self._buffer) + len(self._held)
+            want = max(1, min(self.fetch_size, cap_records - held))
             if max_records is not None:
                 want = max(1, min(want, max_records - len(self._buffer)))
             msgs = consumer.consume(num_messages=want, timeout=timeout)
@@ -239,8 +286,15 @@ class BatchConsumer:
             while self._in_flight and self._in_flight[0].future.done():
                 self._complete_oldest(consumer)
             now = time.monotonic()
-            due = (max_records is not None and len(self._buffer) >= max_records) or (
-                max_seconds is not None and now - last_flush >= max_seconds
+            # The memory bound holds in every mode: the buffer is handed over when full.
+            full = (
+                len(self._buffer) + len(self._held) >= cap_records
+                or self._buffer_bytes >= cap_bytes
+            )
+            due = (
+                full
+                or (max_records is not None and len(self._buffer) >= max_records)
+                or (max_seconds is not None and now - last_flush >= max_seconds)
             )
             if due:
                 if new_since_flush or self._held:
@@ -267,6 +321,7 @@ class BatchConsumer:
         n = len(good)
         if n:
             self._buffer += good
+            self._buffer_bytes += sum(map(len, good))  # value sizes, summed in C
             RECORDS_IN.labels(self.name).inc(n)
             self.stats.records += n
         return n
@@ -297,6 +352,10 @@ class BatchConsumer:
                     lst.append(m)
         chunks, held = self._replay.cut(by_tp)
         self._held = held
+        self._buffer_bytes = sum(map(len, held)) if held else 0
+        epochs = self._epochs
+        for c in chunks:
+            c.epoch = epochs.get((c.topic, c.partition), -1)
         return chunks
 
     def _flush(self, consumer: Consumer, give_up_on_failure: bool = False) -> None:
@@ -305,7 +364,6 @@ class BatchConsumer:
             return
         started = time.monotonic()
         batch = Batch(self.group, chunks)
-        self._revoked.clear()
         if self._pipelined:
             try:
                 # The intent is recorded on the handler's writer thread, before the writes.
@@ -313,24 +371,15 @@ class BatchConsumer:
             except Exception as e:  # failed before writing: complete() retries it
                 future = Future()
                 future.set_exception(e)
-            self._in_flight.append(_InFlight(batch, chunks, future, started))
+            self._in_flight.append(_InFlight(batch, future, started))
             while len(self._in_flight) > self.max_in_flight:
                 self._complete_oldest(consumer, give_up_on_failure)
             return
-        if not self._retrying(consumer, lambda: self._record_intent(batch), give_up_on_failure):
+        done = self._deliver(consumer, batch, give_up_on_failure)
+        if done is None:
             self._abandoned = True
             return
-        letters: list[DeadLetter] = []
-
-        def attempt() -> None:
-            nonlocal letters
-            letters = self.handler.handle(batch)
-            publish_dead_letters(self.dlq_producer, letters, self.name)
-
-        if not self._retrying(consumer, attempt, give_up_on_failure):
-            self._abandoned = True
-            return
-        self._finish(consumer, batch, chunks, letters, started)
+        self._finish(consumer, *done, started)
 
     def _record_intent(self, batch: Batch) -> None:
         """Exactly-once: record the batch's offset ranges before anything is written."""
@@ -341,30 +390,19 @@ class BatchConsumer:
     def _complete_oldest(self, consumer: Consumer, give_up_on_failure: bool = False) -> None:
         """Wait for the oldest in-flight batch; retry it synchronously if it failed."""
         pending = self._in_flight.popleft()
-        letters: list[DeadLetter] = []
-
-        def attempt() -> None:
-            nonlocal letters
-            if pending.future is not None:
-                future, pending.future = pending.future, None
-                letters = future.result()
-            else:  # a retry
-                self._record_intent(pending.batch)
-                letters = self.handler.handle(pending.batch)
-            publish_dead_letters(self.dlq_producer, letters, self.name)
-
+        future, pending.future = pending.future, None
         self._completing = True
         try:
-            done = self._retrying(consumer, attempt, give_up_on_failure)
+            done = self._deliver(consumer, pending.batch, give_up_on_failure, future)
         finally:
             self._completing = False
-        if not done:
+        if done is None:
             # Shutdown while the sink is down: this batch and every later one stay
             # uncommitted (committing a later batch would skip this one's offsets).
             self._abandoned = True
             self._drop_in_flight()
             return
-        self._finish(consumer, pending.batch, pending.chunks, letters, pending.started)
+        self._finish(consumer, *done, pending.started)
 
     def _drop_in_flight(self) -> None:
         """Forget the in-flight batches uncommitted, once their writes have ended."""
@@ -378,15 +416,10 @@ class BatchConsumer:
             self._complete_oldest(consumer, give_up_on_failure)
 
     def _finish(
-        self,
-        consumer: Consumer,
-        batch: Batch,
-        chunks: list[Chunk],
-        letters: list[DeadLetter],
-        started: float,
+        self, consumer: Consumer, batch: Batch, letters: list[DeadLetter], started: float
     ) -> None:
         """The batch is written and its dead letters sent: commit and count it."""
-        self._commit(consumer, chunks)
+        self._commit(consumer, batch.chunks)
         self.progress_at = time.monotonic()
         n = len(batch)
         self.stats.batches += 1
@@ -398,17 +431,78 @@ class BatchConsumer:
         BATCH_SECONDS.labels(self.name).observe(time.monotonic() - started)
         log.debug("batch", extra=log_fields(pipeline=self.name, records=n, dlq=len(letters)))
 
-    def _retrying(self, consumer: Consumer, fn, give_up_on_failure: bool) -> bool:
-        """Run ``fn`` until it succeeds, pausing consumption between attempts.
+    def _owns(self, chunk: Chunk) -> bool:
+        return self._epochs.get((chunk.topic, chunk.partition)) == chunk.epoch
 
-        Returns False when it gave up (shutdown requested): the batch stays uncommitted."""
+    def _fence(self, batch: Batch) -> Batch:
+        """The chunks of ``batch`` this consumer still owns, in the epoch they were cut in."""
+        owned = [c for c in batch.chunks if self._owns(c)]
+        if len(owned) == len(batch.chunks):
+            return batch
+        FENCED.labels(self.name).inc(len(batch.chunks) - len(owned))
+        log.info(
+            "dropped chunks of revoked partitions unwritten",
+            extra=log_fields(pipeline=self.name, chunks=len(batch.chunks) - len(owned)),
+        )
+        return Batch(batch.group, owned)
+
+    def _fenced_off(self, consumer: Consumer, e: Fenced) -> None:
+        """The intent log says a later owner has these partitions: stop reading and writing
+        them until the group assigns them again (this consumer is a zombie for them)."""
+        log.warning(
+            "fenced off by a later owner",
+            extra=log_fields(pipeline=self.name, partitions=sorted(e.partitions)),
+        )
+        mine = [KafkaTopicPartition(t, p) for t, p in e.partitions if (t, p) in self._epochs]
+        self._drop_partitions(set(e.partitions))
+        try:
+            consumer.pause(mine)
+        except KafkaException:
+            pass
+
+    def _store_healthy(self) -> bool:
+        if self.health_check is None:
+            return False
+        try:
+            return self.health_check() is not False
+        except Exception:
+            return False
+
+    def _deliver(
+        self,
+        consumer: Consumer,
+        batch: Batch,
+        give_up_on_failure: bool,
+        future: Future[list[DeadLetter]] | None = None,
+    ) -> tuple[Batch, list[DeadLetter]] | None:
+        """Write ``batch`` (``future``: its first attempt, already submitted) until it is
+        written, pausing consumption between attempts. Before each attempt the batch is
+        fenced to the chunks this consumer still owns.
+
+        Returns what was written and its dead letters (sent), or None when it gave up
+        (shutdown requested): the batch stays uncommitted."""
         delay = self.backoff_initial
+        failures = 0
         try:
             while True:
+                if future is None:
+                    batch = self._fence(batch)
+                    if not batch.chunks:
+                        return batch, []
                 try:
-                    fn()
-                    return True
+                    if future is not None:
+                        first, future = future, None
+                        letters = first.result()
+                    else:
+                        self._record_intent(batch)
+                        letters = self.handler.handle(batch)
+                    publish_dead_letters(self.dlq_producer, letters, self.name)
+                    return batch, letters
+                except Fenced as e:
+                    self._fenced_off(consumer, e)
+                    continue
                 except Exception as e:  # the sink is down: back off, never drop
+                    failures += 1
                     self.stats.retries += 1
                     RETRIES.labels(self.name).inc()
                     SINK_DOWN.labels(self.name).set(1)
@@ -421,7 +515,16 @@ class BatchConsumer:
                         ),
                     )
                     if give_up_on_failure or self._stop.is_set():
-                        return False
+                        return None
+                    if failures >= self.isolate_after and self._store_healthy():
+                        try:
+                            letters = self._isolate(batch)
+                        except Fenced as fenced:
+                            self._fenced_off(consumer, fenced)
+                            continue
+                        if letters is not None:
+                            publish_dead_letters(self.dlq_producer, letters, self.name)
+                            return batch, letters
                     if self._paused is None:
                         self._paused = consumer.assignment()
                         if self._paused:
@@ -433,9 +536,67 @@ class BatchConsumer:
             paused, self._paused = self._paused, None
             if paused:
                 try:
-                    consumer.resume([p for p in paused if (p.topic, p.partition) in self._assigned])
+                    consumer.resume([p for p in paused if (p.topic, p.partition) in self._epochs])
                 except KafkaException:
                     pass
+
+    def _isolate(self, batch: Batch) -> list[DeadLetter] | None:
+        """Write ``batch`` piece by piece: the records the store rejects while it answers its
+        health check become dead letters (reason: the store's error), the rest is written.
+
+        Each chunk is tried alone, and a failing piece is split in two halves by position,
+        down to single records. The pieces depend only on the chunk and on which records the
+        store rejects, so a replay of the chunk (after a crash) cuts the same pieces with the
+        same deduplication tokens. Returns None, to go back to pausing and retrying, when the
+        stores stop answering their health check meanwhile."""
+        try:
+            self._record_intent(batch)
+        except Fenced:
+            raise
+        except Exception:
+            return None
+        letters: list[DeadLetter] = []
+        for chunk in batch.chunks:
+            pieces = [chunk]
+            while pieces:
+                piece = pieces.pop()
+                error: Exception | None = None
+                for _ in range(self.isolate_tries):
+                    try:
+                        letters += self.handler.handle(Batch(batch.group, [piece]))
+                        error = None
+                        break
+                    except Fenced:
+                        raise
+                    except Exception as e:
+                        error = e
+                        if not self._store_healthy():
+                            return None
+                if error is None:
+                    continue
+                msgs = piece.messages
+                if len(msgs) == 1:
+                    reason = f"store rejected the record: {type(error).__name__}: {error}"
+                    letters.append(DeadLetter(msgs[0], reason[:2000]))
+                    ISOLATED.labels(self.name).inc()
+                    log.warning(
+                        "record rejected by a healthy store sent to the DLQ",
+                        extra=log_fields(
+                            pipeline=self.name,
+                            topic=piece.topic,
+                            partition=piece.partition,
+                            offset=piece.first_offset,
+                            error=reason[:500],
+                        ),
+                    )
+                    continue
+                mid = len(msgs) // 2
+                left, right = msgs[:mid], msgs[mid:]
+                t, p, e = piece.topic, piece.partition, piece.epoch
+                # A stack: the left half is written first, pieces stay in offset order.
+                pieces.append(Chunk(t, p, right[0].offset(), piece.last_offset, right, e))
+                pieces.append(Chunk(t, p, piece.first_offset, left[-1].offset(), left, e))
+        return letters
 
     def _sleep_polling(self, consumer: Consumer, seconds: float) -> None:
         """Sleep while keeping group membership alive (paused: no records are fetched)."""
@@ -451,7 +612,7 @@ class BatchConsumer:
         offsets = [
             KafkaTopicPartition(c.topic, c.partition, c.last_offset + 1)
             for c in chunks
-            if (c.topic, c.partition) not in self._revoked
+            if self._owns(c)
         ]
         if not offsets:
             return
@@ -463,6 +624,9 @@ class BatchConsumer:
             log.warning("commit failed", extra=log_fields(pipeline=self.name, error=str(e)))
             return
         for tp in offsets:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+        self._prune_intents()
+        for tp in offsets:
             LAST_OFFSET.labels(self.name, tp.topic, str(tp.partition)).set(tp.offset - 1)
             try:
                 _low, high = consumer.get_watermark_offsets(tp, cached=True)
@@ -470,3 +634,18 @@ class BatchConsumer:
                 continue
             if high is not None and high >= 0:
                 LAG.labels(self.name, tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+    def _prune_intents(self) -> None:
+        """Now and then, let the intent log expire what is committed (kept until then)."""
+        if self.intent_log is None or self.delivery is not Delivery.EXACTLY_ONCE:
+            return
+        if time.monotonic() - self._last_prune < self.intent_prune_every_s:
+            return
+        self._last_prune = time.monotonic()
+        try:
+            self.intent_log.forget_committed(self.group, dict(self._committed))
+        except Exception as e:  # expiry can wait for the next round
+            log.warning(
+                "could not expire committed intents",
+                extra=log_fields(pipeline=self.name, error=f"{type(e).__name__}: {e}"[:500]),
+            )

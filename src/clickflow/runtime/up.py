@@ -71,7 +71,8 @@ def up(settings: Settings, demo: bool) -> None:
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     sup = Supervisor(log_dir=data / "logs", unhealthy_after=settings.unhealthy_restart_seconds)
-    env = {"CLICKFLOW_DATA_DIR": str(data)}
+    # Consumers per pipeline (CLICKFLOW_CONSUMERS or the config file) for every child.
+    env = {"CLICKFLOW_DATA_DIR": str(data), "CLICKFLOW_CONSUMERS": str(settings.consumers)}
     try:
         with console.status("starting embedded servers..."):
             bootstrap = settings.kafka_bootstrap

@@ -52,7 +52,9 @@ def event_identity(raw: bytes, _blake2b=hashlib.blake2b) -> str:
 def decode_page_view(raw: bytes, now: float) -> tuple[PageViewEvent, float]:
     """Decode and validate one record: the event and its time as a Unix timestamp.
 
-    Raises InvalidEvent with the field and the reason."""
+    ``now`` is the time the record reached Kafka (its timestamp), so that the verdict is the
+    same when the record is replayed later. Raises InvalidEvent with the field and the
+    reason."""
     try:
         ev = _decoder.decode(raw)
     except msgspec.ValidationError as e:

@@ -40,6 +40,7 @@ from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.pipelines import PipelineOptions, PipelineSpec
 from clickflow.stores.clickhouse import clickhouse_client
+from clickflow.stores.redis import redis_client
 
 log = logging.getLogger("clickflow.pageviews")
 
@@ -142,12 +143,16 @@ class PageViewHandler:
         rows: list[tuple[int, str, bytes]] = []
         # The hot loop of the pipeline (~4 us per record): names bound locally.
         decode, identity_of, dumps = decode_page_view, event_identity, orjson.dumps
+        stamp = Message.timestamp
         keep = rows.append
         partition = messages[0].partition() if messages else 0
         for m in messages:
             raw = m.value() or b""
+            # Verdicts such as "in the future" are taken against the time the record reached
+            # Kafka, not the time it is processed: a replay reaches the same verdict.
+            kafka_ms = stamp(m)[1]
             try:
-                ev, ts = decode(raw, now)
+                ev, ts = decode(raw, kafka_ms * 0.001 if kafka_ms > 0 else now)
             except InvalidEvent as e:
                 reason = str(e)
                 letters.append(DeadLetter(m, reason))
@@ -212,6 +217,12 @@ def _nothing(_batch: Batch) -> None:
     pass
 
 
+def stores_healthy(settings: Settings) -> None:
+    """Raises when ClickHouse or Redis (the claims) does not answer."""
+    clickhouse_client(settings).command("SELECT 1")
+    redis_client(settings).ping()
+
+
 def _error_row(raw: bytes, reason: str, m: Message, now: float) -> bytes:
     return orjson.dumps(
         {
@@ -237,5 +248,6 @@ PIPELINES = [
         build_handler=lambda settings, _opts: PageViewHandler(settings),
         build_intent_log=lambda settings: ClickHouseIntentLog(settings),
         default_options=_default_options(),
+        health_check=stores_healthy,
     )
 ]
