@@ -136,6 +136,7 @@ class BatchConsumer:
         self._stop = threading.Event()
         self._buffer: list[Message] = []
         self._buffer_bytes = 0
+        self._record_bytes = 1024  # a guess until the first records are in
         self._held: list[Message] = []
         self._replay = ReplayPlan()
         # The owned partitions and the epoch of each: a new one at every assignment, so a
@@ -276,7 +277,8 @@ class BatchConsumer:
             if max_seconds is not None:
                 timeout = max(0.0, min(timeout, last_flush + max_seconds - time.monotonic()))
             held = len(self._buffer) + len(self._held)
-            want = max(1, min(self.fetch_size, cap_records - held))
+            room = (cap_bytes - self._buffer_bytes) // self._record_bytes + 1
+            want = max(1, min(self.fetch_size, cap_records - held, room))
             if max_records is not None:
                 want = max(1, min(want, max_records - len(self._buffer)))
             msgs = consumer.consume(num_messages=want, timeout=timeout)
@@ -321,7 +323,9 @@ class BatchConsumer:
         n = len(good)
         if n:
             self._buffer += good
-            self._buffer_bytes += sum(map(len, good))  # value sizes, summed in C
+            size = sum(map(len, good))  # value sizes, summed in C
+            self._buffer_bytes += size
+            self._record_bytes = max(1, size // n)  # bounds the next fetch (byte cap)
             RECORDS_IN.labels(self.name).inc(n)
             self.stats.records += n
         return n
