@@ -41,6 +41,9 @@ def clickhouse_client(settings: Settings, database: str | None = None) -> Client
     if cluster is not None and not _IDENTIFIER.fullmatch(cluster):
         raise ValueError(f"invalid ClickHouse cluster name {cluster!r}")
     key = (settings.clickhouse_url, db, threading.get_ident())
+    client = _clients.get(key)
+    if client is not None:  # no lock: a new client takes seconds to connect (chDB)
+        return client
     with _lock:
         client = _clients.get(key)
         if client is None:

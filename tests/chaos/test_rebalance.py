@@ -1,0 +1,300 @@
+"""Page views through partitions that move again and again, on real servers (tansu, chDB,
+Redis): consumers of one group added, closed, stalled until the group evicts them (a zombie
+that wakes up with a batch to write), and the sink failing for one of them during a move.
+The raw table and both rollups must equal the ground truth: 0 lost, 0 duplicated.
+
+The consumers are threads of this process sharing its chDB, as `clickflow serve
+--consumers N` runs them."""
+
+from __future__ import annotations
+
+import calendar
+import random
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from clickflow.config import Settings
+from clickflow.domains.pageviews.events import event_identity
+from clickflow.domains.pageviews.pipeline import PageViewHandler, stores_healthy
+from clickflow.exactly_once.intent_log import ClickHouseIntentLog
+from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
+from clickflow.kafka.config import consumer_config, producer_config
+from clickflow.kafka.consumer import BatchConsumer
+from clickflow.kafka.dlq import DeadLetter
+from clickflow.kafka.producer import EventProducer
+from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
+from clickflow.migrations import migrate_clickhouse
+from clickflow.stores.clickhouse import clickhouse_client
+from tests.domains.pageviews.truth import ROLLUP_SQL, rows_to_comparable
+
+from .harness import RESULTS, Report, Sender, committed
+
+SESSION_MS = 3000
+# max.poll.interval.ms of a consumer made to stall: librdkafka's heartbeat thread keeps a
+# stalled consumer's session alive, and this is how long the group waits for it. Above the
+# time a new consumer's first assignment can take here (each new thread connects to chDB,
+# seconds on a loaded machine), or the group keeps evicting it while it joins.
+EVICTED_AFTER_MS = 10_000
+
+
+@dataclass(frozen=True)
+class RebalanceProfile:
+    name: str
+    events: int
+    rate: float
+    cycles: int  # rounds of: add, sink failing during a close, stall past eviction
+
+
+SHORT = RebalanceProfile("short", events=50_000, rate=4000, cycles=1)
+LONG = RebalanceProfile("long", events=200_000, rate=3000, cycles=4)
+
+
+class Faulty:
+    """A page-view handler that can be made to fail (the sink is down for it) or to stall
+    the consumer's thread (no poll: the group evicts it while it holds a batch)."""
+
+    def __init__(self, inner: PageViewHandler) -> None:
+        self.inner = inner
+        self.fail_until = 0.0
+        self.stall_s = 0.0
+
+    def failing(self) -> bool:
+        return time.monotonic() < self.fail_until
+
+    def _faults(self) -> None:
+        if self.stall_s:
+            stall, self.stall_s = self.stall_s, 0.0
+            time.sleep(stall)
+        if self.failing():
+            raise ConnectionError("the sink is down for this consumer (injected)")
+
+    def handle(self, batch: Batch) -> list[DeadLetter]:
+        self._faults()
+        return self.inner.handle(batch)
+
+    def submit(self, batch: Batch, before_write: Callable[[Batch], None]):
+        self._faults()
+        return self.inner.submit(batch, before_write)
+
+
+class Fleet:
+    """The consumers of the group, as threads."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings, self.topic = settings, topic
+        self.group = f"clickflow-pageviews-{topic}"
+        self.running: list[tuple[BatchConsumer, Faulty, threading.Thread]] = []
+        self.stats: list[BatchConsumer] = []
+
+    def add(self, evictable: bool = False) -> tuple[BatchConsumer, Faulty]:
+        s = self.settings
+        handler = Faulty(PageViewHandler(s))
+        conf = consumer_config(s, self.group)
+        if evictable:
+            conf["max.poll.interval.ms"] = EVICTED_AFTER_MS
+        consumer = BatchConsumer(
+            name="pageviews-rebalance",
+            topics=[self.topic],
+            handler=handler,
+            consumer_conf=conf,
+            dlq_producer=EventProducer(producer_config(s, **{"linger.ms": 1})),
+            trigger=BatchTrigger(max_records=2000, max_seconds=0.3),
+            delivery=Delivery.EXACTLY_ONCE,
+            intent_log=ClickHouseIntentLog(s),
+            backoff_initial=0.1,
+            backoff_max=1.0,
+            # The injected sink failure is an outage: the health check reports it.
+            health_check=lambda: not handler.failing() and stores_healthy(s),
+        )
+        t = threading.Thread(target=consumer.run, daemon=True, name="rebalance-consumer")
+        t.start()
+        self.running.append((consumer, handler, t))
+        self.stats.append(consumer)
+        return consumer, handler
+
+    def close(self, index: int = 0) -> None:
+        consumer, _h, t = self.running.pop(index)
+        consumer.stop()
+        t.join(60)
+        assert not t.is_alive(), "a consumer did not stop"
+
+    def close_all(self) -> None:
+        while self.running:
+            self.close()
+
+    def describe(self) -> str:
+        import sys
+        import traceback
+
+        frames = sys._current_frames()
+        stacks = "\n".join(
+            "".join(traceback.format_stack(frames[t.ident])[-6:])
+            for _c, _h, t in self.running
+            if t.ident in frames
+        )
+        return stacks + "; ".join(
+            f"owns {sorted(p for _t, p in c._epochs)} read {c.stats.records} "
+            f"batches {c.stats.batches} retries {c.stats.retries} "
+            f"paused {c._paused is not None} in flight {len(c._in_flight)}"
+            for c, _h, _t in self.running
+        )
+
+    def alive(self) -> None:
+        for consumer, _h, t in self.running:
+            assert t.is_alive(), f"consumer thread died ({consumer.stats})"
+
+
+def stamp(seconds: int, millis: int) -> str:
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{millis:03d}Z"
+
+
+def page_views(n: int, rng: random.Random) -> tuple[list[bytes], list[bytes]]:
+    """``n`` distinct views of the last two hours, and the stream with 2% re-sent copies."""
+    now = int(time.time())
+    views = [
+        orjson.dumps(
+            {
+                "page_id": f"/page/{rng.randrange(40)}",
+                "user_id": f"user-{rng.randrange(300)}",
+                "view_duration_ms": rng.randrange(100, 60_000),
+                "timestamp": stamp(now - 7200 + i * 7200 // n, i % 1000),
+                "is_bounce": rng.random() < 0.3,
+                "region": rng.choice(["eu", "us", "apac"]),
+            }
+        )
+        for i in range(n)
+    ]
+    stream = list(views)
+    for _ in range(n // 50):
+        stream.insert(rng.randrange(len(stream)), rng.choice(views))
+    return views, stream
+
+
+def expected_rollups(views: list[bytes]) -> tuple[dict, dict]:
+    minute: dict = defaultdict(lambda: [0, 0, set(), 0])
+    hour: dict = defaultdict(lambda: [0, 0, set(), 0])
+    for raw in views:
+        v = orjson.loads(raw)
+        t = calendar.timegm(time.strptime(v["timestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
+        for table, key in (
+            (minute, (t // 60 * 60, v["page_id"])),
+            (hour, (t // 3600 * 3600, v["page_id"])),
+        ):
+            agg = table[key]
+            agg[0] += 1
+            agg[1] += v["view_duration_ms"]
+            agg[2].add(v["user_id"])
+            agg[3] += int(v["is_bounce"])
+    return (
+        {k: (a[0], a[1], len(a[2]), a[3]) for k, a in minute.items()},
+        {k: (a[0], a[1], len(a[2]), a[3]) for k, a in hour.items()},
+    )
+
+
+# Open: with these moves the group on tansu stops assigning partitions after a few
+# rebalances (every consumer polls and owns nothing; plain librdkafka consumers with the same
+# configuration and moves rebalance fine), so neither run reaches the comparison yet. Kept
+# out of `make test` until that is understood.
+UNRESOLVED = pytest.mark.xfail(
+    reason="the group stops assigning partitions after a few moves (open)", strict=False
+)
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        pytest.param(SHORT, marks=[pytest.mark.chaos, UNRESOLVED], id="short"),
+        pytest.param(LONG, marks=[pytest.mark.chaos, UNRESOLVED], id="long"),
+    ],
+)
+def test_pageviews_exactly_once_while_partitions_move(
+    settings: Settings, redis_url: str, profile: RebalanceProfile
+) -> None:
+    started = time.monotonic()
+    s = settings.model_copy(update={"redis_url": redis_url, "kafka_session_timeout_ms": SESSION_MS})
+    migrate_clickhouse(s, ["pageviews"])
+    topic = f"rebalance-pv-{uuid.uuid4().hex[:8]}"
+    ensure_topics(s.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)])
+    rng = random.Random(20)
+    views, stream = page_views(profile.events, rng)
+    report = Report("pageviews (3 consumers, rebalances)", profile.name)
+    ch = clickhouse_client(s)
+    fleet = Fleet(s, topic)
+    sender = Sender(s, topic, [(None, v, None) for v in stream], profile.rate)
+
+    def progressed(timeout: float = 30) -> None:
+        """Wait until more rows were stored (so the next fault hits a working group)."""
+        before = ch.command("SELECT count() FROM page_views_raw")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            fleet.alive()
+            if ch.command("SELECT count() FROM page_views_raw") > before or not sender.is_alive():
+                return
+            time.sleep(0.1)
+
+    try:
+        fleet.add()
+        sender.start()
+        fleet.add()
+        progressed()
+        fleet.add()  # three consumers
+        report.faults["consumer added"] += 3
+        for _ in range(profile.cycles):
+            progressed()
+            # The sink fails for one consumer while another one leaves the group.
+            fleet.running[0][1].fail_until = time.monotonic() + 3
+            fleet.close(1)
+            report.faults["consumer closed, sink failing for another"] += 1
+            progressed()
+            staller, handler = fleet.add(evictable=True)
+            report.faults["consumer added"] += 1
+            deadline = time.monotonic() + 60
+            while staller.stats.batches == 0 and sender.is_alive():
+                assert time.monotonic() < deadline, "the new consumer wrote nothing"
+                time.sleep(0.1)
+            # It stalls with a batch in hand until the group evicts it, then writes.
+            handler.stall_s = EVICTED_AFTER_MS / 1000 + 3
+            report.faults["consumer stalled past eviction"] += 1
+            progressed()
+            progressed()
+            fleet.close(0)
+            fleet.add()
+            report.faults["consumer closed"] += 1
+            report.faults["consumer added"] += 1
+        sender.finish(300)
+        ends = sender.ends()
+        deadline = time.monotonic() + 180
+        while any(committed(s, fleet.group, topic, 4).get(p, 0) < e for p, e in ends.items()):
+            fleet.alive()
+            assert time.monotonic() < deadline, (
+                f"the group did not catch up: {committed(s, fleet.group, topic, 4)} of {ends}; "
+                f"{fleet.describe()}"
+            )
+            time.sleep(0.5)
+    finally:
+        fleet.close_all()
+
+    ids = Counter(
+        dict(ch.query("SELECT event_id, count() FROM page_views_raw GROUP BY event_id").result_rows)
+    )
+    truth = {event_identity(v) for v in views}
+    report.sent = len(stream)
+    report.valid = len(truth)
+    report.lost = len(truth - ids.keys())
+    report.duplicated = sum(c - 1 for c in ids.values()) + len(ids.keys() - truth)
+    report.seconds = time.monotonic() - started
+    RESULTS.append(report)
+    assert sum(c.stats.retries for c in fleet.stats) > 0  # the sink failure was retried
+    assert (report.lost, report.duplicated) == (0, 0)
+    minute, hour = expected_rollups(views)
+    for table, expected in (("page_views_agg_minute", minute), ("page_views_agg_hour", hour)):
+        got = rows_to_comparable(ch.query(ROLLUP_SQL.format(table=table)).result_rows)
+        assert got == expected, table
+    assert sum(c.stats.dead_letters for c in fleet.stats) == 0
