@@ -207,7 +207,8 @@ def test_a_batch_retried_across_a_rebalance_never_writes_a_lost_partition(
     assert group.committed[(TOPIC, 0)] == 350
     assert sorted(store.rows) == list(range(100, 350)), "an offset written twice or lost"
     if moves_to == "B":
-        assert sink_a.calls == 1  # A's retry did not even try to write p
+        # A's retry did not even try to write p (only its failed first attempt reached it)
+        assert sink_a.calls == (1 if failing == "insert" else 0)
         assert sink_a.written_by_me == []
         assert (0, 200) not in client_a.commits
     # The recorded ranges resolve to one chain whoever reads them.

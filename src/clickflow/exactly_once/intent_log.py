@@ -71,6 +71,9 @@ class ClickHouseIntentLog:
         self._database = database
         self.lifetime_s = lifetime_s
         self.clock = clock
+        self._cluster = settings.clickhouse_cluster
+        if self._cluster:
+            return  # created by the migrations (Replicated + Distributed), already epoch-aware
         client = self._client()
         client.command(INTENTS_SQL)
         client.command(_UPGRADE_SQL)
@@ -142,8 +145,15 @@ class ClickHouseIntentLog:
         if not committed:
             return
         keys = list(committed)
+        # On a cluster, rows are deleted in the replicated local tables, not through the
+        # Distributed one (validated identifier: clickhouse_client checks the cluster name).
+        table = (
+            f"consumer_intents_local ON CLUSTER `{self._cluster}`"
+            if self._cluster
+            else "consumer_intents"
+        )
         self._client().command(
-            "DELETE FROM consumer_intents WHERE group_id = {g:String} "
+            f"DELETE FROM {table} WHERE group_id = {{g:String}} "  # noqa: S608
             "AND created < {cutoff:Int64} AND last_offset < arrayElement({offsets:Array(Int64)}, "
             "indexOf({tps:Array(Tuple(String, Int32))}, (topic, partition)))",
             parameters={
