@@ -32,7 +32,7 @@ from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics
 from clickflow.migrations import migrate_clickhouse
 from clickflow.stores.clickhouse import clickhouse_client
-from tests.domains.pageviews.truth import ROLLUP_SQL, rows_to_comparable
+from tests.domains.pageviews.support import ROLLUP_SQL, rows_to_comparable
 
 from .harness import RESULTS, Report, Sender, committed
 

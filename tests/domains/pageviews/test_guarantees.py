@@ -24,7 +24,7 @@ from clickflow.migrations import migrate_clickhouse
 from clickflow.stores.clickhouse import clickhouse_client
 from tests.kafka.test_batch_consumer import read_all
 
-from .truth import ROLLUP_SQL
+from .support import ROLLUP_SQL
 
 
 @pytest.fixture
