@@ -47,6 +47,22 @@ class PipelineSpec:
     health_check: Callable[[Settings], object] | None = None
 
 
+def stores_answer(*stores: str) -> Callable[[Settings], bool]:
+    """A pipeline's health check: every named store (clickhouse, postgres, redis) answers.
+
+    The consumer framework asks it when a batch keeps failing: stores that answer mean the
+    batch holds a record they reject (isolated to the DLQ); otherwise it is an outage."""
+    from clickflow.stores import clickhouse, postgres, redis
+
+    pings = {"clickhouse": clickhouse.ping, "postgres": postgres.ping, "redis": redis.ping}
+    chosen = [pings[name] for name in stores]
+
+    def check(settings: Settings) -> bool:
+        return all(ping(settings) == "ok" for ping in chosen)
+
+    return check
+
+
 def all_pipelines() -> dict[str, PipelineSpec]:
     out: dict[str, PipelineSpec] = {}
     for domain in DOMAINS:

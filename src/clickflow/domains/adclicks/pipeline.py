@@ -43,7 +43,7 @@ from clickflow.exactly_once.intent_log import ClickHouseIntentLog
 from clickflow.kafka.batch import Batch, BatchTrigger, Chunk
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
-from clickflow.pipelines import PipelineOptions, PipelineSpec
+from clickflow.pipelines import PipelineOptions, PipelineSpec, stores_answer
 from clickflow.stores.clickhouse import clickhouse_client
 
 log = logging.getLogger("clickflow.adclicks")
@@ -264,6 +264,7 @@ def pipeline_spec(config: AdClicksConfig | None = None) -> PipelineSpec:
         build_intent_log=ClickHouseIntentLog,
         # Large batches: fewer, bigger inserts (each feeds the view and the projection).
         default_options=PipelineOptions(trigger=BatchTrigger(max_records=20_000, max_seconds=1.0)),
+        health_check=stores_answer("clickhouse", "redis"),
     )
 
 

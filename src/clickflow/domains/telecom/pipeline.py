@@ -29,7 +29,7 @@ from clickflow.domains.telecom.store import AggregateWriter, RawWriter, WriteRes
 from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
 from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
-from clickflow.pipelines import PipelineOptions, PipelineSpec
+from clickflow.pipelines import PipelineOptions, PipelineSpec, stores_answer
 from clickflow.stores.postgres import postgres_url
 
 EVENTS = Counter(
@@ -136,6 +136,7 @@ PIPELINES = [
         store="postgres",
         build_handler=build_ingest,
         default_options=_options(),
+        health_check=stores_answer("postgres"),
     ),
     PipelineSpec(
         name="telecom-aggregate",
@@ -143,5 +144,6 @@ PIPELINES = [
         store="postgres",
         build_handler=build_aggregate,
         default_options=_options(),
+        health_check=stores_answer("postgres"),
     ),
 ]

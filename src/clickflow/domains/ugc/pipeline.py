@@ -48,7 +48,7 @@ from clickflow.kafka.dlq import DeadLetter
 from clickflow.kafka.topics import TopicSpec
 from clickflow.logs import log_fields
 from clickflow.observability import tracing
-from clickflow.pipelines import PipelineOptions, PipelineSpec
+from clickflow.pipelines import PipelineOptions, PipelineSpec, stores_answer
 from clickflow.stores.clickhouse import clickhouse_client
 from clickflow.stores.redis import redis_client
 
@@ -443,5 +443,6 @@ PIPELINES = [
         build_handler,
         _build_intent_log,
         PipelineOptions(trigger=_config.trigger(), delivery=Delivery.EXACTLY_ONCE),
+        health_check=stores_answer("clickhouse", "redis"),
     )
 ]
