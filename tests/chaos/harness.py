@@ -317,7 +317,13 @@ def caught_up(
 
 def read_topic(settings: Settings, topic: str, partitions: int, idle: float = 1.0) -> list:
     """Every record of ``topic`` (until nothing new arrived for ``idle`` seconds)."""
-    c = Consumer(consumer_config(settings, f"chaos-read-{random.getrandbits(40):x}"))
+    # Short fetch waits: "nothing new for ``idle`` seconds" must not be a fetch the broker
+    # held (the pipelines let it hold an empty fetch 500 ms; right after a broker restart
+    # tansu holds the first ones that long even when records are there).
+    conf = consumer_config(
+        settings, f"chaos-read-{random.getrandbits(40):x}", **{"fetch.wait.max.ms": 50}
+    )
+    c = Consumer(conf)
     try:
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         out = []

@@ -64,7 +64,7 @@ def test_topics_lists_partitions_end_offsets_and_lag(base_settings: Settings, to
         )
     finally:
         consumer.close()
-    row = next(line for line in _run(base_settings, "topics").splitlines() if topic in line)
+    row = next(line for line in _run(base_settings, "topics", topic).splitlines() if topic in line)
     cells = [c.strip() for c in row.strip("│ ").split("│")]
     assert cells[:4] == [topic, "2", "10", "0:5 1:5"], row
     assert f"{group}: 3" in cells[4], row  # (5 - 2) + (5 - 5)

@@ -201,7 +201,11 @@ def dlq_replay(
     )
 
 
-def topics() -> None:
+def topics(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="only these topics (default: every topic)")
+    ] = None,
+) -> None:
     """Topics with their partitions, end offsets and the lag of each consumer group."""
     from confluent_kafka.admin import AdminClient
 
@@ -211,6 +215,8 @@ def topics() -> None:
     settings = get_settings()
     try:
         found = list_topics(settings)
+        if names:
+            found = [t for t in found if t in names]
     except KafkaUnavailable as e:
         raise SystemExit(f"clickflow: {e}") from None
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})

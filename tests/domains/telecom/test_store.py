@@ -181,7 +181,7 @@ def test_text_postgresql_cannot_store_goes_to_the_dlq_not_into_a_retry_loop(
 ) -> None:
     from clickflow.domains.telecom.pipeline import TelecomHandler
 
-    from .conftest import batch_of
+    from .support import batch_of
 
     good = make_events(20, BOUNDARY, timedelta(hours=1), users=5)
     base = good[0]
