@@ -4,7 +4,6 @@ changing numbers that match the query API; a screenshot is saved under test-outp
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,21 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.cdp import CHROMIUM, FLAGS
 from tests.processes import spawn, stop_tree
 from tests.runtime.up_env import up_env
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _chromium(url: str, tmp: Path, *args: str) -> str:
