@@ -184,6 +184,10 @@ def test_sigkill_mid_stream_loses_and_double_counts_nothing(
             "the restarted consumers to finish",
         )
         time.sleep(1.0)  # let a redelivered tail (if any) be applied before comparing
+    except AssertionError as exc:
+        log.flush()
+        tail = (tmp_path / "process.log").read_text()[-3000:]
+        raise AssertionError(f"{exc}\n--- process.log (tail) ---\n{tail}") from None
     finally:
         for p in procs.values():
             p.send_signal(signal.SIGTERM)
