@@ -26,13 +26,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import embedded_broker, load_average, machine, today  # noqa: E402
 
 from clickflow.config import Settings  # noqa: E402
+from clickflow.domains.pageviews.config import pageviews_config  # noqa: E402
 from clickflow.domains.pageviews.pipeline import PageViewHandler  # noqa: E402
 from clickflow.domains.pageviews.traffic import PageViewFactory  # noqa: E402
 from clickflow.exactly_once.intent_log import ClickHouseIntentLog  # noqa: E402
 from clickflow.generator.engine import Engine  # noqa: E402
 from clickflow.generator.modes import RateModel  # noqa: E402
 from clickflow.generator.options import GeneratorOptions, Mix  # noqa: E402
-from clickflow.kafka.batch import Batch, BatchTrigger, Delivery  # noqa: E402
+from clickflow.kafka.batch import Batch, Delivery  # noqa: E402
 from clickflow.kafka.config import consumer_config, producer_config  # noqa: E402
 from clickflow.kafka.consumer import BatchConsumer  # noqa: E402
 from clickflow.kafka.producer import EventProducer  # noqa: E402
@@ -95,6 +96,7 @@ def throughput(settings: Settings, count: int, delivery: Delivery, trial: int = 
     ensure_topics(settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic))])
     print(f"  producing {count:,} page views to {topic} ...", flush=True)
     fill(settings, topic, count)
+    print("  consuming ...", flush=True)
     handler = PageViewHandler(settings)
     consumer = BatchConsumer(
         name=f"bench-{delivery.value}",
@@ -102,7 +104,7 @@ def throughput(settings: Settings, count: int, delivery: Delivery, trial: int = 
         handler=handler,
         consumer_conf=consumer_config(settings, f"bench-{topic}"),
         dlq_producer=EventProducer(producer_config(settings)),
-        trigger=BatchTrigger(max_records=10_000, max_seconds=1.0),
+        trigger=pageviews_config().trigger(),  # the pipeline's own (CLICKFLOW_PAGEVIEWS_*)
         delivery=delivery,
         intent_log=ClickHouseIntentLog(settings) if delivery is Delivery.EXACTLY_ONCE else None,
     )
@@ -143,7 +145,7 @@ def freshness(settings: Settings, seconds: float) -> tuple[float, float, int]:
         handler=probe,
         consumer_conf=consumer_config(settings, "bench-fresh"),
         dlq_producer=EventProducer(producer_config(settings)),
-        trigger=BatchTrigger(max_records=10_000, max_seconds=1.0),
+        trigger=pageviews_config().trigger(),  # the pipeline's own (CLICKFLOW_PAGEVIEWS_*)
         delivery=Delivery.EXACTLY_ONCE,
         intent_log=ClickHouseIntentLog(settings),
     )

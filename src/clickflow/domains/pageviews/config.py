@@ -21,7 +21,12 @@ class PageViewsConfig(BaseSettings):
     #: when the pipeline hands a batch over: ``count`` (N records), ``time`` (every X s) or
     #: ``hybrid`` (whichever comes first); ``clickflow process`` flags override it
     batch_mode: Literal["count", "time", "hybrid"] = "hybrid"
-    batch_records: int = Field(default=5000, ge=1)
+    #: Every insert costs ClickHouse ~12 ms of CPU whatever its size (a part in the raw table
+    #: and in both rollups, deduplication records), each batch adds its intent record, and
+    #: small parts are merged again: the whole pipeline spent ~10 us of CPU per record with
+    #: 10,000-record batches, ~7.5 us with 50,000 (2-core AMD EPYC, 2026-12-02). Below
+    #: ``batch_seconds`` worth of traffic a batch is still cut by time (freshness unchanged).
+    batch_records: int = Field(default=50_000, ge=1)
     batch_seconds: float = Field(default=1.0, gt=0)
     delivery: Delivery = Delivery.EXACTLY_ONCE
 
