@@ -198,16 +198,43 @@ def one_run(delivery: Delivery, events: int) -> float:
         return throughput(settings, events, delivery)
 
 
-def run_in_fresh_process(delivery: Delivery, events: int) -> float:
+def run_in_fresh_process(delivery: Delivery, events: int, tree: Path | None = None) -> float:
+    """One ``--one`` run in a new process: of this checkout, or of the source tree ``tree``
+    (another checkout's bench script, with its ``src`` first on ``PYTHONPATH``)."""
+    script, env = Path(__file__), None
+    if tree is not None:
+        script = tree / "bench" / "pageviews_pipeline.py"
+        env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     out = subprocess.run(
-        [sys.executable, __file__, "--one", delivery.value, "--events", str(events)],
+        [sys.executable, str(script), "--one", delivery.value, "--events", str(events)],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
     ).stdout.splitlines()
     for line in out[:-1]:
         print(line)
     return float(json.loads(out[-1])["rate"])
+
+
+def ab(base: Path, delivery: Delivery, events: int, trials: int) -> None:
+    """A/B against another checkout (``git worktree add <dir> <old commit>``), same run:
+    ``trials`` runs each, alternating which goes first, every rate with the load average at
+    its start, then the medians and their ratio."""
+    sides = {"base": base.resolve(), "this": None}
+    rates: dict[str, list[float]] = {"base": [], "this": []}
+    print(f"{machine()}, {today()}; base = {sides['base']}", flush=True)
+    for trial in range(trials):
+        for side in ("base", "this") if trial % 2 == 0 else ("this", "base"):
+            load = load_average()
+            rate = run_in_fresh_process(delivery, events, sides[side])
+            rates[side].append(rate)
+            print(f"trial {trial + 1}, {side}: {rate:,.0f} events/s ({load} at start)", flush=True)
+    medians = {side: statistics.median(r) for side, r in rates.items()}
+    print(f"{delivery.value}, {events:,} events, medians of {trials}:")
+    for side, median in medians.items():
+        print(f"  {side}: {median:,.0f} events/s ({_list(rates[side])})")
+    print(f"  this / base = {medians['this'] / medians['base']:.2f}; {load_average()} at the end")
 
 
 def main() -> None:
@@ -216,7 +243,16 @@ def main() -> None:
     ap.add_argument("--fresh-seconds", type=float, default=30.0)
     ap.add_argument("--trials", type=int, default=3, help="throughput runs per mode (median)")
     ap.add_argument("--one", choices=[d.value for d in Delivery], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--ab",
+        type=Path,
+        metavar="BASE_TREE",
+        help="A/B exactly-once against the checkout BASE_TREE instead (alternating trials)",
+    )
     args = ap.parse_args()
+    if args.ab:
+        ab(args.ab, Delivery.EXACTLY_ONCE, args.events, args.trials)
+        return
     if args.one:
         print(json.dumps({"rate": one_run(Delivery(args.one), args.events)}))
         return
