@@ -14,7 +14,7 @@ def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.delenv(f"CLICKFLOW_PAGEVIEWS_{name}", raising=False)
     config = PageViewsConfig()
     assert config.topic == "page_views" and config.delivery is Delivery.EXACTLY_ONCE
-    assert config.trigger() == BatchTrigger(max_records=50_000, max_seconds=1.0)
+    assert config.trigger() == BatchTrigger(max_records=100_000, max_seconds=1.0)
 
 
 def test_environment_sets_the_trigger_and_delivery(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,10 +23,11 @@ class PageViewsConfig(BaseSettings):
     batch_mode: Literal["count", "time", "hybrid"] = "hybrid"
     #: Every insert costs ClickHouse ~12 ms of CPU whatever its size (a part in the raw table
     #: and in both rollups, deduplication records), each batch adds its intent record, and
-    #: small parts are merged again: the whole pipeline spent ~10 us of CPU per record with
-    #: 10,000-record batches, ~7.5 us with 50,000 (2-core AMD EPYC, 2026-12-02). Below
-    #: ``batch_seconds`` worth of traffic a batch is still cut by time (freshness unchanged).
-    batch_records: int = Field(default=50_000, ge=1)
+    #: small parts are merged again. CPU of the bench process per record (2-core Intel Xeon,
+    #: 2026-12-02, loaded): ~11 us with 10,000-record batches, 8-11 with 50,000, 8.7-9.7 with
+    #: 100,000 (docs/design.md, "Where the time goes: page views"). Below ``batch_seconds``
+    #: worth of traffic a batch is still cut by time (freshness at low rates unchanged).
+    batch_records: int = Field(default=100_000, ge=1)
     batch_seconds: float = Field(default=1.0, gt=0)
     delivery: Delivery = Delivery.EXACTLY_ONCE
 
