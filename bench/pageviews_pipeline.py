@@ -277,7 +277,11 @@ def main() -> None:
     print(f"exactly-once:  {eo:,.0f} events/s (median of {args.trials})")
     m = f"{machine()}, {load_average()}"
     print(f"machine: {m}, {today()}")
-    (Path(__file__).parent / "results" / "pageviews.md").write_text(
+    results = Path(__file__).parent / "results" / "pageviews.md"
+    # The table is replaced; the dated sections below it (A/B runs) are kept.
+    old = results.read_text() if results.exists() else ""
+    sections = old[old.index("\n## ") :] if "\n## " in old else ""
+    results.write_text(
         "| figure | goal | value | machine | date |\n|---|---|---|---|---|\n"
         f"| page views broker -> rollups, at-least-once ({args.events:,} events, median of "
         f"{args.trials}: {_list(rates[Delivery.AT_LEAST_ONCE])}) | >= 100,000 ev/s "
@@ -286,7 +290,7 @@ def main() -> None:
         f"{args.trials}: {_list(rates[Delivery.EXACTLY_ONCE])}) | >= 100,000 ev/s "
         f"| {eo:,.0f} ev/s | {m} | {today()} |\n"
         f"| freshness send -> minute rollup, p99 at 1,000 ev/s, hybrid X=1 s | < 2 s "
-        f"| p99 {p99:.2f} s (p50 {p50:.2f} s) | {m} | {today()} |\n"
+        f"| p99 {p99:.2f} s (p50 {p50:.2f} s) | {m} | {today()} |\n" + sections
     )
 
 
