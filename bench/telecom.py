@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import orjson
 import psycopg
+from _common import load, machine
 
 from clickflow.config import Settings
 from clickflow.domains.telecom.traffic import TelecomFactory
@@ -221,6 +222,11 @@ def main() -> None:
     ap.add_argument("--ingestors", type=int, default=1)
     ap.add_argument("--verify-events", type=int, default=60_000)
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="the sustained ingest and aggregation only (A/B trials), no verify or API part",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="clickflow-bench-telecom-"))
     os.environ.setdefault("TMPDIR", str(work))
@@ -247,6 +253,9 @@ def main() -> None:
         s = sustained(settings, args.events, args.ingestors, work)
         for k, v in s.items():
             print(f"  {k:36s} {v:,.1f}" if isinstance(v, float) else f"  {k:36s} {v:,}")
+        print(f"  {'machine':36s} {machine()}, {load()}", flush=True)
+        if args.ingest_only:
+            return
 
         from clickflow.domains.telecom.verify import run_verify
 
