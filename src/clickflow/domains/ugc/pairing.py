@@ -66,7 +66,9 @@ owner deletes); the sweep takes, tombstones and records its intent in one atomic
 The scripts touch many keys at once: a single Redis (or a primary with replicas), not
 Redis Cluster.
 
-Cost: one Redis round trip to read and one to write per chunk, whatever its size.
+Cost: one Redis round trip to read and one to write per chunk, whatever its size. A page
+view paired within its chunk with nothing in Redis costs one HMGET, one HSET (its
+tombstone) and a share of one ZADD.
 """
 
 from __future__ import annotations
