@@ -28,6 +28,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextvars import copy_context
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -260,6 +261,10 @@ class UgcHandler:
         self._stop = threading.Event()
         # Prepares the next chunk while the current one is written (see handle).
         self._preparer = ThreadPoolExecutor(1, thread_name_prefix="ugc-prepare")
+        # A chunk's tables are inserted side by side (each thread has its own chDB client).
+        self._inserter = ThreadPoolExecutor(
+            self.config.insert_threads, thread_name_prefix="ugc-insert"
+        )
         # Tests: raise at "after_insert" / "after_redis" / "sweep_insert" / "sweep_inserted".
         self._fault = fault
         self._sweeper: threading.Thread | None = None
@@ -288,6 +293,7 @@ class UgcHandler:
                 self._watermarks.close()
                 self._watermarks = None
         self._preparer.shutdown(wait=True)
+        self._inserter.shutdown(wait=True)
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -383,8 +389,17 @@ class UgcHandler:
         :mod:`clickflow.domains.ugc.pairing`)."""
         plan, counts, dups = prepared.plan, prepared.counts, prepared.dups
         letters = prepared.letters
-        for table, table_rows in prepared.rows.items():
-            self._insert(table, table_rows, chunk.token(group, table))
+        # Each insert runs in a copy of this thread's context: its span stays a child of
+        # the batch's span.
+        inserts = [
+            self._inserter.submit(
+                copy_context().run, self._insert, table, table_rows, chunk.token(group, table)
+            )
+            for table, table_rows in prepared.rows.items()
+        ]
+        wait(inserts)
+        for done in inserts:
+            done.result()  # the first failure, once every insert has finished
         if self._fault:
             self._fault("after_insert")
         self.pairing.apply(plan)
