@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -331,6 +332,7 @@ def main() -> None:
                 p.wait(15)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 p.kill()
+        shutil.rmtree(work, ignore_errors=True)  # ~400 MB of PostgreSQL and broker data
 
 
 if __name__ == "__main__":
