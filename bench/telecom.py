@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -25,7 +26,9 @@ from pathlib import Path
 
 import httpx
 import orjson
+import psutil
 import psycopg
+from _common import load, machine
 
 from clickflow.config import Settings
 from clickflow.domains.telecom.traffic import TelecomFactory
@@ -106,8 +109,29 @@ def wait_rows(url: str, table: str, target: int, timeout: float) -> float:
     raise TimeoutError(f"{table} did not reach {target} rows in {timeout}s")
 
 
-def sustained(settings: Settings, events: int, ingestors: int, work: Path) -> dict:
-    """Pre-filled topic, then the ingestor(s) drain it: records/s through dedup into PG."""
+def cpu_seconds(pids: list[int], children: bool = False) -> float:
+    """User + system CPU seconds of the processes (and their children) alive now."""
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)] if children else [proc]
+        except psutil.Error:
+            continue
+        for q in procs:
+            try:
+                t = q.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+    return total
+
+
+def sustained(settings: Settings, events: int, ingestors: int, work: Path, pg_pid: int = 0) -> dict:
+    """Pre-filled topic, then the ingestor(s) drain it: records/s through dedup into PG.
+
+    CPU per event is counted from the first stored row (the ingestor's start-up excluded)
+    to the last, for the ingestor process(es) and for PostgreSQL (every server process)."""
     url = settings.postgres_url or ""
     topic = f"bench-telecom-{int(time.time())}"
     ensure_topics(settings.kafka_bootstrap, [TopicSpec(topic, 8)])
@@ -118,7 +142,14 @@ def sustained(settings: Settings, events: int, ingestors: int, work: Path) -> di
         spawn(settings, "telecom-ingest", topic, work / "ingest.log") for _ in range(ingestors)
     ]
     try:
+        wait_rows(url, "events_raw", 1, timeout=600)
+        stored0 = scalar(url, "SELECT count(*) FROM telecom.events_raw") or 0
+        ingest0 = cpu_seconds([p.pid for p in procs])
+        pg0 = cpu_seconds([pg_pid], children=True) if pg_pid else 0.0
         wait_rows(url, "events_raw", unique, timeout=600)
+        done = max(1, unique - stored0)
+        ingest_cpu_us = (cpu_seconds([p.pid for p in procs]) - ingest0) / done * 1e6
+        pg_cpu_us = ((cpu_seconds([pg_pid], children=True) - pg0) / done * 1e6) if pg_pid else 0.0
     finally:
         stop(procs)
     first, last = (
@@ -141,6 +172,8 @@ def sustained(settings: Settings, events: int, ingestors: int, work: Path) -> di
         "ingest_span_s": span,
         "ingest_records_per_s": events / span,
         "ingest_unique_per_s": unique / span,
+        "ingest_cpu_us_per_stored_event": ingest_cpu_us,
+        "postgres_cpu_us_per_stored_event": pg_cpu_us,
         "aggregate_wall_s_incl_start": agg_s,
         "aggregate_records_per_s_incl_start": events / agg_s,
     }
@@ -221,6 +254,11 @@ def main() -> None:
     ap.add_argument("--ingestors", type=int, default=1)
     ap.add_argument("--verify-events", type=int, default=60_000)
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="the sustained ingest and aggregation only (A/B trials), no verify or API part",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="clickflow-bench-telecom-"))
     os.environ.setdefault("TMPDIR", str(work))
@@ -244,9 +282,12 @@ def main() -> None:
             f"{args.ingestors} ingestor process(es)",
             flush=True,
         )
-        s = sustained(settings, args.events, args.ingestors, work)
+        s = sustained(settings, args.events, args.ingestors, work, pg.pid)
         for k, v in s.items():
             print(f"  {k:36s} {v:,.1f}" if isinstance(v, float) else f"  {k:36s} {v:,}")
+        print(f"  {'machine':36s} {machine()}, {load()}", flush=True)
+        if args.ingest_only:
+            return
 
         from clickflow.domains.telecom.verify import run_verify
 
@@ -291,6 +332,7 @@ def main() -> None:
                 p.wait(15)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 p.kill()
+        shutil.rmtree(work, ignore_errors=True)  # ~400 MB of PostgreSQL and broker data
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import embedded_broker, load_average, machine, today  # noqa: E402
 
@@ -30,10 +32,15 @@ from clickflow.config import Settings  # noqa: E402
 from clickflow.domains.ugc.config import UgcConfig  # noqa: E402
 from clickflow.domains.ugc.pipeline import UgcHandler  # noqa: E402
 from clickflow.domains.ugc.traffic import UgcEventFactory  # noqa: E402
-from clickflow.exactly_once.intent_log import ClickHouseIntentLog  # noqa: E402
-from clickflow.kafka.batch import Batch, BatchTrigger, Delivery  # noqa: E402
 from clickflow.kafka.config import consumer_config, producer_config  # noqa: E402
 from clickflow.kafka.consumer import BatchConsumer  # noqa: E402
+
+try:
+    from clickflow.exactly_once.intent_log import ClickHouseIntentLog
+    from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
+except ImportError:  # commits before the exactly_once package: the same script measures them
+    from clickflow.kafka.consumer import Batch, BatchTrigger, Delivery  # type: ignore
+    from clickflow.stores.clickhouse import ClickHouseIntentLog  # type: ignore
 from clickflow.kafka.producer import EventProducer  # noqa: E402
 from clickflow.kafka.topics import TopicSpec, dlq_topic, ensure_topics  # noqa: E402
 from clickflow.migrations import migrate_clickhouse  # noqa: E402
@@ -51,17 +58,75 @@ class Timed:
         self.records = 0
         self.batches = 0
         self.busy = 0.0
+        self.busy_cpu = 0.0  # process CPU seconds spent while a batch was in the handler
+        self.cpu_first = 0.0  # this process's CPU seconds (every thread) at the first batch
+        self.cpu_last = 0.0
+        self.redis_first = 0.0  # the Redis server's CPU seconds at the first batch
+        self.redis_last = 0.0
+        self.broker_first = 0.0  # the broker's CPU seconds at the first batch
+        self.broker_last = 0.0
 
     def handle(self, batch: Batch):
         t = time.perf_counter()
+        c = time.process_time()
         if self.first is None:
             self.first = t
+            self.cpu_first = time.process_time()
+            self.redis_first = redis_cpu(self.inner)
+            self.broker_first = broker_cpu()
         letters = self.inner.handle(batch)
         self.last = time.perf_counter()
+        self.cpu_last = time.process_time()
+        self.busy_cpu += self.cpu_last - c
         self.busy += self.last - t
         self.records += len(batch)
         self.batches += 1
         return letters
+
+
+def redis_cpu(handler: UgcHandler) -> float:
+    """CPU seconds the Redis server has used so far (user + system)."""
+    info = handler.pairing.r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def broker_cpu() -> float:
+    """CPU seconds the broker (a child process of this one) has used so far."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "tansu" in child.name():
+                t = child.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def print_stats(handler: UgcHandler, ch, records: int) -> None:
+    """Where the time went outside Python: Redis per command, ClickHouse inserts."""
+    r = handler.pairing.r
+    print("  Redis commandstats (us per event):")
+    for name, st in sorted(r.info("commandstats").items(), key=lambda kv: -kv[1]["usec"]):
+        print(f"    {name:28} calls {st['calls']:>9,}  {st['usec'] / records:6.2f} us/event")
+    print(f"  ClickHouse inserts: {handler.insert_calls:,} calls, "
+          f"{handler.insert_s * 1e6 / records:.2f} us/event of wall time")  # fmt: skip
+
+
+def time_inserts(handler: UgcHandler) -> None:
+    """Count the handler's ClickHouse inserts and their wall time (chDB has no query_log)."""
+    inner = handler._insert
+    handler.insert_calls, handler.insert_s = 0, 0.0  # type: ignore[attr-defined]
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            handler.insert_calls += 1  # type: ignore[attr-defined]
+            handler.insert_s += time.perf_counter() - t  # type: ignore[attr-defined]
+
+    handler._insert = timed  # type: ignore[method-assign]
 
 
 def fill(settings: Settings, topic: str, count: int) -> int:
@@ -81,7 +146,9 @@ def fill(settings: Settings, topic: str, count: int) -> int:
     return sent
 
 
-def run(settings: Settings, count: int, batch: int) -> tuple[float, Timed, int]:
+def run(
+    settings: Settings, count: int, batch: int, stats: bool = False
+) -> tuple[float, Timed, int]:
     topic = f"bench-ugc-{batch}"
     ensure_topics(settings.kafka_bootstrap, [TopicSpec(topic, 4), TopicSpec(dlq_topic(topic), 4)])
     print(f"  producing {count:,} UGC events (+ queued halves) to {topic} ...", flush=True)
@@ -90,6 +157,8 @@ def run(settings: Settings, count: int, batch: int) -> tuple[float, Timed, int]:
     print(f"  produced {sent:,} in {time.perf_counter() - t:.1f} s", flush=True)
     config = UgcConfig(topic=topic, redis_prefix=f"pvbench{batch}:")
     timed = Timed(UgcHandler(settings, config, background_sweep=False))
+    if stats:
+        time_inserts(timed.inner)
     consumer = BatchConsumer(
         name="bench-ugc",
         topics=[topic],
@@ -107,6 +176,8 @@ def run(settings: Settings, count: int, batch: int) -> tuple[float, Timed, int]:
         time.sleep(0.05)
     consumer.stop()
     th.join(60)
+    timed.redis_last = redis_cpu(timed.inner)
+    timed.broker_last = broker_cpu()
     assert timed.first is not None
     elapsed = timed.last - timed.first
     return timed.records / elapsed, timed, sent
@@ -117,6 +188,14 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument(
         "--batch", default="50000,100000", help="batch sizes (records), comma-separated"
+    )
+    ap.add_argument(
+        "--stats",
+        action="store_true",
+        help="print Redis INFO commandstats and chDB's query_log per statement kind",
+    )
+    ap.add_argument(
+        "--no-write", action="store_true", help="print only (A/B trials): leave results/ugc.md"
     )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="clickflow-bench-ugc-"))
@@ -133,17 +212,28 @@ def main() -> None:
                     clickhouse_database=f"bench_ugc_{batch}",
                 )
                 migrate_clickhouse(settings, ["ugc"])
-                rate, timed, sent = run(settings, args.events, batch)
+                rate, timed, sent = run(settings, args.events, batch, args.stats)
                 ch = clickhouse_client(settings)
                 pv = ch.query("SELECT count(), countIf(paired = 1) FROM ugc_page_view").result_rows[
                     0
                 ]
                 pending = timed.inner.pairing.pending_count()
+                if args.stats:
+                    print_stats(timed.inner, ch, timed.records)
                 m = f"{machine()}, {load_average()}"
+                cpu_us = (timed.cpu_last - timed.cpu_first) / timed.records * 1e6
+                handler_us = timed.busy_cpu / timed.records * 1e6
+                redis_us = (timed.redis_last - timed.redis_first) / timed.records * 1e6
+                broker_us = (timed.broker_last - timed.broker_first) / timed.records * 1e6
+                busy = timed.busy / (timed.last - timed.first)
                 print(f"batches of {batch:,}: {rate:,.0f} events/s exactly-once "
                       f"({timed.records:,} events in {timed.batches} batches, "
                       f"{timed.last - timed.first:.1f} s); page views {pv[0]:,} "
-                      f"(paired {pv[1]:,}), unpaired starts left {pending:,}; {m}")  # fmt: skip
+                      f"(paired {pv[1]:,}), unpaired starts left {pending:,}; "
+                      f"CPU per event: pipeline {cpu_us:.1f} us (handler {handler_us:.1f}), "
+                      f"Redis {redis_us:.1f} us, "
+                      f"broker {broker_us:.1f} us; in the handler {busy:.0%} of the time; "
+                      f"{m}")  # fmt: skip
                 lines.append(
                     f"| UGC broker -> validation -> page-view pairing (Redis) -> 6 ClickHouse "
                     f"tables, exactly-once, {sent:,} events, batches of {batch:,} "
@@ -151,6 +241,8 @@ def main() -> None:
                 )
     finally:
         os.killpg(redis_proc.pid, signal.SIGTERM)
+    if args.no_write:
+        return
     out = Path(__file__).parent / "results" / "ugc.md"
     out.write_text(
         "| figure | goal | value | machine | date |\n|---|---|---|---|---|\n"

@@ -15,7 +15,12 @@ import redis
 from clickflow.config import Settings
 from clickflow.domains.ugc import pipeline as ugc_pipeline
 from clickflow.domains.ugc.pipeline import MissingKindTable, UgcHandler
-from clickflow.exactly_once.claims import DayBucketClaims, IdentityClaims, SeparatorInIdentity
+from clickflow.exactly_once.claims import (
+    DayBucketClaims,
+    IdentityClaims,
+    SeparatorInIdentity,
+    scoped_identity,
+)
 from clickflow.kafka.batch import BatchTrigger
 from clickflow.migrations import migrate_clickhouse
 from clickflow.stores.clickhouse import clickhouse_client
@@ -175,3 +180,19 @@ def test_a_kind_without_its_table_is_refused_at_start(
     monkeypatch.setattr(ugc_pipeline, "TABLES", {**ugc_pipeline.TABLES, "page_scroll": "nope"})
     with pytest.raises(MissingKindTable, match="schema.sql"):
         UgcHandler(rsettings, ugc_config("unused"), background_sweep=False)
+
+
+@pytest.mark.parametrize(
+    ("kind", "user_id", "event_id"),
+    [
+        ("element_click", "alice", "e1"),
+        ("search_filter", "5:bob", "1:x"),
+        ("quality_change", "a b\nc\x00", "ü:9:"),
+        ("video_complete", "", ""),
+    ],
+)
+def test_claim_identity_is_the_scoped_identity(kind: str, user_id: str, event_id: str) -> None:
+    """The pipeline's spelled-out identity claims exactly the keys scoped_identity did, so
+    claims made before the change still catch re-sends after it."""
+    got = ugc_pipeline.claim_identity(kind, user_id, event_id)
+    assert got == scoped_identity(kind, user_id, event_id)

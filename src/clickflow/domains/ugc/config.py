@@ -32,6 +32,9 @@ class UgcConfig(BaseSettings):
     schedule_seconds: float | None = Field(default=None, gt=0)
     batch_records: int = Field(default=50_000, ge=1)  # big batches: fewer, larger inserts
     batch_seconds: float = Field(default=1.0, gt=0)
+    # A chunk's tables (up to six) are inserted by this many threads side by side, each with
+    # its own ClickHouse client (chDB releases the GIL); 1 = one after the other.
+    insert_threads: int = Field(default=3, ge=1, le=6)
 
     # Pairing, on the Kafka clock (see clickflow.domains.ugc.pairing): a half waits this
     # long after it reached Kafka, measured by the timestamps of the records that follow it

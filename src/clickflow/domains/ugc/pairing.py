@@ -66,7 +66,9 @@ owner deletes); the sweep takes, tombstones and records its intent in one atomic
 The scripts touch many keys at once: a single Redis (or a primary with replicas), not
 Redis Cluster.
 
-Cost: one Redis round trip to read and one to write per chunk, whatever its size.
+Cost: one Redis round trip to read and one to write per chunk, whatever its size. A page
+view paired within its chunk with nothing in Redis costs one HMGET, one HSET (its
+tombstone) and a share of one ZADD.
 """
 
 from __future__ import annotations
@@ -119,14 +121,29 @@ local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', p.now, 'LIMIT', 0, p.li
 return {out, due, old}
 """
 # APPLY: KEYS = (pending, ended, clock); ARGV[1] {store: [[key, field, half, deadline]],
-# done: [[key, code, field, half]], until, cleanup: [key], unpend: [key], partition, clock,
-# offset}. A tombstone keeps the half it names (field ""; none).
+# done: [[key, code, field, half]], closed: [key], until, cleanup: [key], unpend: [key],
+# partition, clock, offset}. A tombstone keeps the half it names (field ""; none). ``closed``
+# are page views paired within the chunk that had no state at all: no hash to delete, no
+# pending entry, so only their tombstone is written (most page views; half the calls).
+# Sorted-set updates go in one ZADD / ZREM per 500 keys: a redis.call costs more than a member.
 APPLY_SCRIPT = """
 local pending, ended = KEYS[1], KEYS[2]
 local p = cjson.decode(ARGV[1])
+local till = p['until']
 for _, s in ipairs(p.store) do
   redis.call('HSETNX', s[1], s[2], s[3])
   redis.call('ZADD', pending, 'NX', s[4], s[1])
+end
+local zadd, zrem = {}, {}
+local function flush(force)
+  if #zadd >= 1000 or (force and #zadd > 0) then
+    redis.call('ZADD', ended, unpack(zadd))
+    zadd = {}
+  end
+  if #zrem >= 500 or (force and #zrem > 0) then
+    redis.call('ZREM', pending, unpack(zrem))
+    zrem = {}
+  end
 end
 for _, d in ipairs(p.done) do
   redis.call('DEL', d[1])
@@ -135,9 +152,18 @@ for _, d in ipairs(p.done) do
   else
     redis.call('HSET', d[1], 'd', d[2])
   end
-  redis.call('ZREM', pending, d[1])
-  redis.call('ZADD', ended, p['until'], d[1])
+  zrem[#zrem + 1] = d[1]
+  zadd[#zadd + 1] = till
+  zadd[#zadd + 1] = d[1]
+  flush(false)
 end
+for _, k in ipairs(p.closed) do
+  redis.call('HSET', k, 'd', 'p')
+  zadd[#zadd + 1] = till
+  zadd[#zadd + 1] = k
+  flush(false)
+end
+flush(true)
 for _, k in ipairs(p.cleanup) do
   if redis.call('HEXISTS', k, 'd') == 1 then
     redis.call('DEL', k)
@@ -238,21 +264,31 @@ class Half:
         return cls(kind, event_id, user_id, page_view_id, ts, page_type, kafka_ts)
 
 
-def page_view_row(start: Half, end: Half | None) -> dict:
-    """The ugc_page_view row (JSONEachRow; DateTime64 as float seconds)."""
+PAGE_VIEW_COLUMNS = (
+    "page_view_id",
+    "user_id",
+    "page_type",
+    "started_at",
+    "ended_at",
+    "duration_seconds",
+    "paired",
+)
+
+
+def page_view_row(start: Half, end: Half | None) -> tuple:
+    """The ugc_page_view row, in ``PAGE_VIEW_COLUMNS`` order (DateTime64 as float seconds)."""
     if end is None:
-        ended, duration, paired = None, None, 0
-    else:
-        ended, duration, paired = end.ts / 1000, max(0, end.ts - start.ts) / 1000, 1
-    return {
-        "page_view_id": start.page_view_id,
-        "user_id": start.user_id,
-        "page_type": start.page_type,
-        "started_at": start.ts / 1000,
-        "ended_at": ended,
-        "duration_seconds": duration,
-        "paired": paired,
-    }
+        return (start.page_view_id, start.user_id, start.page_type, start.ts / 1000, None, None, 0)
+    duration = max(0, end.ts - start.ts) / 1000
+    return (
+        start.page_view_id,
+        start.user_id,
+        start.page_type,
+        start.ts / 1000,
+        end.ts / 1000,
+        duration,
+        1,
+    )
 
 
 @dataclass
@@ -260,10 +296,12 @@ class PairingPlan:
     partition: int = 0
     clock: int = 0  # the chunk's Kafka clock (ms)
     offset: int = -1  # the chunk's last offset
-    rows: list[dict] = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)
     store: list[tuple[str, Half]] = field(default_factory=list)  # (key, half) to HSETNX
     # Tombstones to write: (key, code, field, half): the half is kept under field (or "").
     done: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # Paired within the chunk, with no state in Redis: only a "closed" tombstone to write.
+    closed: list[str] = field(default_factory=list)
     cleanup: list[str] = field(default_factory=list)  # tombstones whose time is over
     unpend: list[str] = field(default_factory=list)  # stale entries of the pending set
     pairs: int = 0  # page views emitted paired
@@ -279,10 +317,10 @@ class SweepResult:
     orphans: int = 0  # starts emitted as paired = 0
     orphan_ends: int = 0  # ends whose start never came: dropped
     missing: int = 0  # waiting hashes found empty
-    rows: list[dict] = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)
 
 
-InsertFn = Callable[[list[dict], str], None]  # (rows, deduplication token)
+InsertFn = Callable[[list[tuple], str], None]  # (rows, deduplication token)
 
 
 def _s(v: bytes | str) -> str:
@@ -416,7 +454,10 @@ class PageViewPairing:
                     plan.orphan_ends += 1
                 else:
                     plan.late += 1
-            plan.done.append((k, PAIRED, "", ""))
+            if stored or due:
+                plan.done.append((k, PAIRED, "", ""))
+            else:  # both halves in this chunk, nothing in Redis: no hash, no pending entry
+                plan.closed.append(k)
         elif due and stored_s is not None:
             plan.rows.append(page_view_row(stored_s, None))
             plan.orphans += 1
@@ -440,6 +481,7 @@ class PageViewPairing:
                 (k, h.kind, h.dumps().decode(), str(h.kafka_ts + wait)) for k, h in plan.store
             ],
             "done": plan.done,
+            "closed": plan.closed,
             "until": str(plan.clock + cfg.tombstone_ms),
             "cleanup": plan.cleanup,
             "unpend": plan.unpend,

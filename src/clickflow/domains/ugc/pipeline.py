@@ -27,19 +27,30 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextvars import copy_context
+from dataclasses import dataclass
 from typing import Any, Union
 
 import msgspec
 import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, Message, TopicPartition
+from msgspec.structs import astuple
 
 from clickflow.config import Settings
 from clickflow.domains import domain_sql
 from clickflow.domains.ugc import metrics
 from clickflow.domains.ugc.config import UgcConfig
 from clickflow.domains.ugc.events import EVENT_KINDS, UgcRecord, decode_data
-from clickflow.domains.ugc.pairing import END, START, Half, PageViewPairing
-from clickflow.exactly_once.claims import IdentityClaims, scoped_identity
+from clickflow.domains.ugc.pairing import (
+    END,
+    PAGE_VIEW_COLUMNS,
+    START,
+    Half,
+    PageViewPairing,
+    PairingPlan,
+)
+from clickflow.exactly_once.claims import IdentityClaims
 from clickflow.exactly_once.insert import insert_chunk
 from clickflow.exactly_once.intent_log import ClickHouseIntentLog
 from clickflow.kafka.batch import Batch, Chunk, Delivery
@@ -183,30 +194,46 @@ def _explain(value: bytes) -> None:
         raise InvalidRecord(f"invalid data for {rec.event}: {e}", rec.event) from None
 
 
-def event_row(rec: Any, data: msgspec.Struct) -> dict:
-    row = msgspec.structs.asdict(data)
-    if rec.event == "video_complete":
-        row["duration_total"] = int(row["duration_total"])
-    row["event_id"] = rec.event_id
-    row["user_id"] = rec.user_id
-    row["timestamp"] = rec.timestamp / 1000
-    return row
+# Rows are tuples in each table's column order, inserted as JSONCompactColumns (one JSON
+# array per column): one orjson call per chunk and table instead of a dict and a dumps per
+# row (2.4 us per row in Python before, 0.2 us now; ClickHouse parses both at the same cost).
+EVENT_COLUMNS = ("event_id", "user_id", "timestamp")
+COLUMNS: dict[str, tuple[str, ...]] = {
+    **{t: EVENT_COLUMNS + EVENT_KINDS[k].__struct_fields__ for k, t in TABLES.items()},
+    PAGE_VIEW_TABLE: PAGE_VIEW_COLUMNS,
+    ERRORS_TABLE: ("topic", "partition", "offset", "event", "reason", "raw"),
+}
 
 
-def error_row(m: Message, err: InvalidRecord) -> dict:
+def event_row(rec: Any, data: msgspec.Struct) -> tuple:
+    """The row of an event table (``COLUMNS``); DateTime64 as float seconds."""
+    return (rec.event_id, rec.user_id, rec.timestamp / 1000, *astuple(data))
+
+
+def error_row(m: Message, err: InvalidRecord) -> tuple:
     raw = (m.value() or b"")[:4096].decode("utf-8", errors="replace")
-    return {
-        "topic": m.topic(),
-        "partition": m.partition(),
-        "offset": m.offset(),
-        "event": err.event,
-        "reason": err.reason[:1000],
-        "raw": raw,
-    }
+    return (m.topic(), m.partition(), m.offset(), err.event, err.reason[:1000], raw)
 
 
-def _json_lines(rows: list[dict]) -> bytes:
-    return b"\n".join(orjson.dumps(r) for r in rows)
+def claim_identity(kind: str, user_id: str, event_id: str) -> str:
+    """``scoped_identity(kind, user_id, event_id)`` spelled out (a tested equality): the
+    same claims as before, without a generator and a join per record."""
+    return f"{len(kind)}:{kind}{len(user_id)}:{user_id}{event_id}"
+
+
+def _json_columns(rows: list[tuple]) -> bytes:
+    return orjson.dumps(list(zip(*rows, strict=True)))
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A chunk read, validated, claimed and planned, not yet written."""
+
+    letters: list[DeadLetter]
+    rows: dict[str, list[tuple]]
+    plan: PairingPlan
+    counts: dict[str, int]
+    dups: dict[str, int]
 
 
 class UgcHandler:
@@ -232,6 +259,12 @@ class UgcHandler:
         self._watermarks: Consumer | None = None  # reads partition ends for the idle sweep
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # Prepares the next chunk while the current one is written (see handle).
+        self._preparer = ThreadPoolExecutor(1, thread_name_prefix="ugc-prepare")
+        # A chunk's tables are inserted side by side (each thread has its own chDB client).
+        self._inserter = ThreadPoolExecutor(
+            self.config.insert_threads, thread_name_prefix="ugc-insert"
+        )
         # Tests: raise at "after_insert" / "after_redis" / "sweep_insert" / "sweep_inserted".
         self._fault = fault
         self._sweeper: threading.Thread | None = None
@@ -259,22 +292,48 @@ class UgcHandler:
             if self._watermarks is not None:
                 self._watermarks.close()
                 self._watermarks = None
+        self._preparer.shutdown(wait=True)
+        self._inserter.shutdown(wait=True)
 
     # -- batches ------------------------------------------------------------------------------
 
     def handle(self, batch: Batch) -> list[DeadLetter]:
+        """Chunks are written in order, each one's inserts before its Redis update, as if one
+        after the other. The next chunk is prepared (decoded, claimed, planned) in a worker
+        thread meanwhile, unless it is of the same partition (its plan reads what this one
+        writes): Python and Redis work beside chDB's insert, which releases the GIL."""
         letters: list[DeadLetter] = []
+        chunks = batch.chunks
         with self._lock:
-            for chunk in batch.chunks:
-                letters += self._handle_chunk(batch.group, chunk)
+            if not chunks:
+                return letters
+            ahead = self._preparer.submit(self._prepare, chunks[0])
+            try:
+                for i, chunk in enumerate(chunks):
+                    prepared = ahead.result()
+                    ahead = None
+                    nxt = chunks[i + 1] if i + 1 < len(chunks) else None
+                    if nxt is not None and nxt.partition != chunk.partition:
+                        ahead = self._preparer.submit(self._prepare, nxt)
+                    self._write(batch.group, chunk, prepared)
+                    letters += prepared.letters
+                    if nxt is not None and ahead is None:
+                        ahead = self._preparer.submit(self._prepare, nxt)
+            finally:
+                if ahead is not None:  # a write failed: nothing of this batch left running
+                    wait([ahead])
         return letters
 
-    def _handle_chunk(self, group: str, chunk: Chunk) -> list[DeadLetter]:
-        rows: dict[str, list[dict]] = defaultdict(list)
+    def _prepare(self, chunk: Chunk) -> _Prepared:
+        """Decode, validate and claim the chunk's records and plan its page views: reads
+        Redis (and claims), writes nothing else."""
+        rows: dict[str, list[tuple]] = defaultdict(list)
         halves: list[Half] = []
         letters: list[DeadLetter] = []
         seen: set[str] = set()
-        events: list[tuple[str, Any, msgspec.Struct, int, str]] = []
+        events: list[tuple[str, Any, msgspec.Struct]] = []
+        claims: list[tuple[str, str]] = []  # (identity, owner) of each of ``events``
+        owner = f"{chunk.topic}/{chunk.partition}/"
         counts: dict[str, int] = defaultdict(int)
         dups: dict[str, int] = defaultdict(int)
         config = self.config
@@ -305,17 +364,17 @@ class UgcHandler:
                     )  # fmt: skip
                 )
                 continue
-            identity = scoped_identity(kind, rec.user_id, rec.event_id)
+            identity = claim_identity(kind, rec.user_id, rec.event_id)
             if identity in seen:  # an exact re-send within the chunk
                 dups[kind] += 1
                 continue
             seen.add(identity)
-            events.append((kind, rec, data, m.offset(), identity))
+            events.append((kind, rec, data))
+            claims.append((identity, f"{owner}{m.offset()}"))
         if clock == 0:  # no message timestamps (never with Kafka >= 0.10): event time
             clock = max((h.ts for h in halves), default=0)
-        owner = f"{chunk.topic}/{chunk.partition}/"
-        resent = self.claims.duplicates([(e[4], f"{owner}{e[3]}") for e in events])
-        for i, (kind, rec, data, _offset, _identity) in enumerate(events):
+        resent = self.claims.duplicates(claims)
+        for i, (kind, rec, data) in enumerate(events):
             if i in resent:
                 dups[kind] += 1
             else:
@@ -323,8 +382,24 @@ class UgcHandler:
         plan = self.pairing.plan(halves, chunk.partition, clock, chunk.last_offset)
         if plan.rows:
             rows[PAGE_VIEW_TABLE] = plan.rows
-        for table, table_rows in rows.items():
-            self._insert(table, table_rows, chunk.token(group, table))
+        return _Prepared(letters, rows, plan, counts, dups)
+
+    def _write(self, group: str, chunk: Chunk, prepared: _Prepared) -> None:
+        """Insert the chunk's rows, then apply its pairing mutations (in this order: see
+        :mod:`clickflow.domains.ugc.pairing`)."""
+        plan, counts, dups = prepared.plan, prepared.counts, prepared.dups
+        letters = prepared.letters
+        # Each insert runs in a copy of this thread's context: its span stays a child of
+        # the batch's span.
+        inserts = [
+            self._inserter.submit(
+                copy_context().run, self._insert, table, table_rows, chunk.token(group, table)
+            )
+            for table, table_rows in prepared.rows.items()
+        ]
+        wait(inserts)
+        for done in inserts:
+            done.result()  # the first failure, once every insert has finished
         if self._fault:
             self._fault("after_insert")
         self.pairing.apply(plan)
@@ -351,12 +426,17 @@ class UgcHandler:
             metrics.update_unended_share()
         if letters:
             metrics.INVALID.inc(len(letters))
-        return letters
 
-    def _insert(self, table: str, rows: list[dict], token: str) -> None:
+    def _insert(self, table: str, rows: list[tuple], token: str) -> None:
+        """``rows`` in the column order of ``COLUMNS[table]``."""
         with tracing.store_span("clickhouse", table, len(rows)):
             insert_chunk(
-                clickhouse_client(self.settings), table, _json_lines(rows), token, fmt="JSONEachRow"
+                clickhouse_client(self.settings),
+                table,
+                _json_columns(rows),
+                token,
+                columns=COLUMNS[table],
+                fmt="JSONCompactColumns",
             )
 
     # -- orphans ------------------------------------------------------------------------------
@@ -369,7 +449,7 @@ class UgcHandler:
         minus ``idle_clock_margin_seconds`` for a partition read to its end (no record
         will come to move it, and the next one will be stamped after now)."""
 
-        def insert(rows: list[dict], token: str) -> None:
+        def insert(rows: list[tuple], token: str) -> None:
             if self._fault:
                 self._fault("sweep_insert")
             self._insert(PAGE_VIEW_TABLE, rows, token)
