@@ -22,10 +22,13 @@ A pipeline supplies a :class:`BatchHandler`; the framework does the rest:
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -186,15 +189,40 @@ class BatchConsumer:
         try:
             with FEWER_COLLECTIONS, PROMPT_HANDOFFS:
                 self._loop(consumer)
+        except BaseException as e:
+            # The frames below hold the consumer: cleared, so it is destroyed below.
+            traceback.clear_frames(e.__traceback__)
+            raise
         finally:
-            try:
-                consumer.close()
-            except (KafkaException, RuntimeError):
-                pass
+            self._consumer = None
+            self._leave_without_leave_group(consumer)
+            del consumer  # the last reference: librdkafka destroys the handle
             log.info(
                 "consumer stopped", extra=log_fields(pipeline=self.name, records=self.stats.records)
             )
         return self.stats
+
+    def _leave_without_leave_group(self, consumer: Consumer) -> None:
+        """Prepare the end of ``consumer`` without a LeaveGroup: tansu keeps a group's leader
+        that leaves while the group forms a generation, and then assigns nothing to anyone
+        again (docs/design.md, "Leaving a consumer group"). The batches are committed by now;
+        dropping the last reference destroys the handle without a consumer close, and the
+        group drops the member after session.timeout.ms, a path tansu handles.
+
+        A handle that stayed referenced (an exception's frames in a reference cycle) would
+        go on heartbeating, a member that owns partitions and never reads them: cycles are
+        collected first, and a handle still referenced after that is closed after all."""
+        if sys.getrefcount(consumer) > 3:  # the caller's, this frame's, getrefcount's
+            gc.collect()
+        if sys.getrefcount(consumer) > 3:
+            log.warning(
+                "consumer still referenced at shutdown: closing it with a LeaveGroup",
+                extra=log_fields(pipeline=self.name),
+            )
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError):
+                pass
 
     # -- rebalance ---------------------------------------------------------------------------
 
