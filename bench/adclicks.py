@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -396,6 +397,7 @@ def ab(revs: list[str], trials: int, clicks: int) -> None:
     repo = Path(__file__).resolve().parent.parent
     work = Path(tempfile.mkdtemp(prefix="clickflow-ab-adclicks-"))
     srcs: dict[str, Path] = {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # remove the checkouts on a kill
     try:
         for rev in revs:
             if rev == ".":
