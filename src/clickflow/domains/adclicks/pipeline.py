@@ -138,17 +138,24 @@ class AdClicksHandler:
         letters: list[DeadLetter] = []
         buckets: list[int] = []
         claims: list[bytes] = []
-        decoded = [self._decode(chunk, letters, buckets, claims) for chunk in batch.chunks]
+        decoded: list[list[tuple[Message, AdClick]]] = []
+        built: list[list[RawRow]] = []  # each valid click's row, built while decoding
+        for chunk in batch.chunks:
+            rows: list[RawRow] = []
+            chunk_hash = token_hash(chunk.token(batch.group))
+            decoded.append(self._decode(chunk, letters, buckets, claims, rows, chunk_hash))
+            built.append(rows)
         intent = self._recorder.submit(before_write or _nothing, batch)
         verdicts = self._claimer.submit(self.claims.claim, buckets, claims)
         return self._inserter.submit(
-            self._write, batch, decoded, letters, intent, verdicts, now_ms, seq
+            self._write, batch, decoded, built, letters, intent, verdicts, now_ms, seq
         )
 
     def _write(
         self,
         batch: Batch,
         decoded: list[list[tuple[Message, AdClick]]],
+        built: list[list[RawRow]],
         letters: list[DeadLetter],
         intent: Future[None],
         claimed: Future[Verdicts],
@@ -159,7 +166,7 @@ class AdClicksHandler:
         try:
             intent.result()  # raises if the intent was not recorded: write nothing
             verdicts = claimed.result()
-            self._write_chunks(batch, decoded, verdicts, now_ms)
+            self._write_chunks(batch, decoded, built, verdicts, now_ms)
         except BaseException:
             self._hold_until = self._submitted + 1 + self.MAX_IN_FLIGHT
             raise
@@ -173,6 +180,7 @@ class AdClicksHandler:
         self,
         batch: Batch,
         decoded: list[list[tuple[Message, AdClick]]],
+        built: list[list[RawRow]],
         verdicts: Verdicts,
         now_ms: int,
     ) -> None:
@@ -182,10 +190,12 @@ class AdClicksHandler:
         ):
             self._load_maxima()
         base = 0
-        for chunk, clicks in zip(batch.chunks, decoded, strict=True):
+        for chunk, clicks, chunk_rows in zip(batch.chunks, decoded, built, strict=True):
             token = chunk.token(batch.group)
             chunk_hash = token_hash(token)
-            rows, max_ms, stats = self._rows(chunk, clicks, base, verdicts, chunk_hash, now_ms)
+            rows, max_ms, stats = self._rows(
+                chunk, clicks, base, verdicts, chunk_hash, now_ms, chunk_rows
+            )
             base += len(clicks)
             if rows:
                 insert_chunk(client, "ad_clicks_raw", encode_rows(rows), token, columns=RAW_COLUMNS)
@@ -222,11 +232,14 @@ class AdClicksHandler:
         letters: list[DeadLetter],
         buckets: list[int] | None = None,
         claims: list[bytes] | None = None,
+        rows: list[RawRow] | None = None,
+        chunk_hash: int = 0,
     ) -> list[tuple[Message, AdClick]]:
         """Valid clicks of a chunk; the others become dead letters. "Too far in the future"
         is judged against the record's Kafka timestamp, so a replay reaches the same verdict.
-        With ``buckets`` and ``claims``, each valid click's claim is appended (the same pass:
-        this loop runs once per record on the consumer's thread)."""
+        With ``buckets`` and ``claims``, each valid click's claim is appended, with ``rows``
+        its raw row (the same pass: this loop runs once per record on the consumer's thread,
+        and the writing thread only filters)."""
         out = []
         keep = out.append
         rejected: dict[str, int] = {}
@@ -234,6 +247,7 @@ class AdClicksHandler:
         window_ms = self.claims.window_ms
         partition = chunk.partition
         want_claims = buckets is not None and claims is not None
+        add_row = rows.append if rows is not None else None
         for m in chunk.messages:
             kafka_ms = m.timestamp()[1]
             try:
@@ -243,10 +257,28 @@ class AdClicksHandler:
                 rejected[e.kind] = rejected.get(e.kind, 0) + 1
                 continue
             keep((m, c))
+            offset = m.offset()
             if want_claims:
                 buckets.append(kafka_ms // window_ms)  # type: ignore[union-attr]
                 claims.append(  # type: ignore[union-attr]
-                    claim_id(c.click_id) + claim_owner(partition, m.offset(), kafka_ms)
+                    claim_id(c.click_id) + claim_owner(partition, offset, kafka_ms)
+                )
+            if add_row is not None:
+                add_row(
+                    RawRow(
+                        c.click_id,
+                        c.ad_id,
+                        c.click_timestamp,
+                        c.user_id,
+                        c.ip,
+                        c.country,
+                        c.device,
+                        c.os,
+                        partition,
+                        offset,
+                        kafka_ms,
+                        chunk_hash,
+                    )
                 )
         for kind, n in rejected.items():
             metrics.REJECTED.labels(kind).inc(n)
@@ -301,7 +333,10 @@ class AdClicksHandler:
         verdicts: Verdicts,
         chunk_hash: int,
         now_ms: int,
+        built: list[RawRow] | None = None,
     ) -> tuple[list[RawRow], int | None, tuple]:
+        """The rows to write (``built``: the clicks' rows, made while decoding), the
+        partition's new max click time, and the counts for the metrics."""
         rows: list[RawRow] = []
         partition = chunk.partition
         max_ms = self.max_event.get(partition)
@@ -310,11 +345,11 @@ class AdClicksHandler:
         dups = replays = late = late_final = 0
         written: dict[int, int] | None = None
         duplicates, own = verdicts.duplicates, verdicts.replays
-        for i, (m, c) in enumerate(clicks, base):
+        for j, (m, c) in enumerate(clicks):
+            i = base + j
             if i in duplicates:
                 dups += 1  # a copy of a click another record claimed
                 continue
-            offset = m.offset()
             if i in own:
                 # The same record read again (crash, rebalance, retried batch, another
                 # group). Written by this same chunk (exactly-once replay of a recorded
@@ -325,7 +360,7 @@ class AdClicksHandler:
                 replays += 1
                 if written is None:
                     written = self._written(chunk)
-                first = written.get(offset)
+                first = written.get(m.offset())
                 if first is not None and first != chunk_hash:
                     continue
             ts = c.click_timestamp
@@ -335,6 +370,9 @@ class AdClicksHandler:
                 late += 1
                 if final_end is not None and ts < final_end // MINUTE_MS * MINUTE_MS:
                     late_final += 1
+            if built is not None:
+                rows.append(built[j])
+                continue
             rows.append(
                 RawRow(
                     c.click_id,
@@ -346,7 +384,7 @@ class AdClicksHandler:
                     c.device,
                     c.os,
                     partition,
-                    offset,
+                    m.offset(),
                     m.timestamp()[1],
                     chunk_hash,
                 )
