@@ -92,6 +92,7 @@ class AdClicksHandler:
         self.clock = time.time  # processing time (s); tests move it
         # partition -> (max event minute, watermark minute) last saved by this handler
         self._saved: dict[int, tuple[int, int]] = {}
+        self._touched: set[int] = set()  # partitions written since watermarks were saved
         self._submitted = 0  # pipelined batches submitted so far
         self._hold_until = 0  # watermarks wait for the write of this pipelined batch
         self._claimer = ThreadPoolExecutor(1, thread_name_prefix="adclicks-claims")
@@ -201,15 +202,17 @@ class AdClicksHandler:
                 insert_chunk(client, "ad_clicks_raw", encode_rows(rows), token, columns=RAW_COLUMNS)
             if max_ms is not None:
                 self.max_event[chunk.partition] = max_ms
+                self._touched.add(chunk.partition)
             self._next_offset[(chunk.topic, chunk.partition)] = chunk.last_offset + 1
             self._observe(chunk, len(rows), stats)
 
     def _save_watermarks(self, now_ms: int) -> None:
-        """Save the partitions whose max event minute or watermark minute moved since this
-        handler last saved them: finality is answered in whole minutes, and a stale max
-        only holds it back. One small insert a minute instead of one a batch."""
+        """Save the partitions this handler wrote whose max event minute or watermark minute
+        moved since it last saved them: finality is answered in whole minutes, and a stale
+        max only holds it back. One small insert a minute instead of one a batch."""
         marks: dict[int, tuple[int, int]] = {}
-        for p, mx in self.max_event.items():
+        for p in self._touched:
+            mx = self.max_event[p]
             wm = self.watermark(p, now_ms)
             assert wm is not None
             minutes = (mx // MINUTE_MS, wm // MINUTE_MS)
@@ -222,6 +225,7 @@ class AdClicksHandler:
             save_watermarks(client, self.config.topic, self.config.partitions, marks, now_ms)
             for p, (mx, wm) in marks.items():
                 self._saved[p] = (mx // MINUTE_MS, wm // MINUTE_MS)
+        self._touched.clear()
         final_end = self._final_end(now_ms)
         if final_end is not None:
             metrics.FINAL_DELAY.set((now_ms - final_end // MINUTE_MS * MINUTE_MS) / 1000)
