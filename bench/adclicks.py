@@ -17,15 +17,21 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import embedded_broker, load_average, machine, today  # noqa: E402
@@ -52,6 +58,21 @@ SELECT
     1 + rand(4) % 20
 FROM numbers({rows:UInt64})
 """
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process (the pipeline, chDB's threads; the generator and
+    producer are idle while the pipeline drains) and of its servers (broker, Redis)."""
+    me = psutil.Process()
+    servers = 0.0
+    for child in me.children(recursive=True):
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        servers += t.user + t.system
+    t = me.cpu_times()
+    return {"pipeline": t.user + t.system, "servers": servers}
 
 
 def throughput(settings: Settings, cfg: AdClicksConfig, clicks: int) -> dict:
@@ -94,6 +115,7 @@ def throughput(settings: Settings, cfg: AdClicksConfig, clicks: int) -> dict:
     thread.start()
     consumer.ready.wait(60)
     t_ready = time.perf_counter()
+    cpu_ready = cpu_seconds()
     while consumer.stats.records < clicks:
         time.sleep(0.01)
     # The last batch is handed over by the time trigger; wait for its commit.
@@ -103,6 +125,7 @@ def throughput(settings: Settings, cfg: AdClicksConfig, clicks: int) -> dict:
         if time.perf_counter() - t_ready > 600:
             break
     drain_s = time.perf_counter() - t_ready
+    cpu = {k: v - cpu_ready[k] for k, v in cpu_seconds().items()}
     consumer.stop()
     thread.join(60)
     ch = clickhouse_client(settings)
@@ -120,6 +143,7 @@ def throughput(settings: Settings, cfg: AdClicksConfig, clicks: int) -> dict:
         "produce_per_s": clicks / produce_s,
         "drain_s": drain_s,
         "pipeline_per_s": clicks / drain_s,
+        "cpu_us_per_click": {k: 1e6 * v / clicks for k, v in cpu.items()},
         "batches": consumer.stats.batches,
         "trigger": spec.default_options.trigger,
     }
@@ -171,7 +195,19 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--throughput-only", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary chDB directory")
+    ap.add_argument("--json", type=Path, help="write the throughput figures to this file")
+    ap.add_argument(
+        "--ab",
+        nargs="+",
+        metavar="REV",
+        help="A/B of the throughput: each git revision ('.' = this working tree) in its own "
+        "process with this script, alternating, --trials times each; prints the medians",
+    )
+    ap.add_argument("--trials", type=int, default=3, help="trials per revision with --ab")
     args = ap.parse_args()
+    if args.ab:
+        ab(args.ab, args.trials, args.clicks)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="clickflow-bench-adclicks-"))
     try:
         run(args, tmp)
@@ -217,6 +253,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         f"raw store {tp['raw_rows']:,} rows / {tp['raw_distinct']:,} click_ids); "
         f"producer {tp['produce_per_s']:,.0f}/s, generator {tp['generate_per_s']:,.0f}/s"
     )
+    cpu = tp["cpu_us_per_click"]
+    print(
+        f"CPU per click while draining: {cpu['pipeline']:.1f} us in the pipeline's process "
+        f"(handler, consumer, chDB), {cpu['servers']:.1f} us in the broker and Redis"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({**tp, "trigger": None, "load": os.getloadavg()}))
     assert tp["counted"] == tp["valid_distinct"], "the pipeline miscounted"
     if args.throughput_only:
         return
@@ -346,6 +389,64 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     lat = latency(client, args.requests, lambda: client.get("/v1/ads/popular_ads", params=fixed))
     print(f"popular_ads top 100, M = 60, cached: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms")
     print(f"{load_average()}; raw store: {tp['valid_distinct']:,} clicks; date {today()}")
+
+
+def ab(revs: list[str], trials: int, clicks: int) -> None:
+    """Throughput of several revisions in alternating trials: each trial a fresh process
+    (its own broker, Redis and chDB) running this script on a checkout of the revision."""
+    repo = Path(__file__).resolve().parent.parent
+    work = Path(tempfile.mkdtemp(prefix="clickflow-ab-adclicks-"))
+    srcs: dict[str, Path] = {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # remove the checkouts on a kill
+    try:
+        for rev in revs:
+            if rev == ".":
+                srcs[rev] = repo / "src"
+                continue
+            tree = work / f"tree{len(srcs)}"
+            subprocess.run(
+                ["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev],
+                check=True,
+                capture_output=True,
+            )
+            srcs[rev] = tree / "src"
+        results: dict[str, list[dict]] = {rev: [] for rev in revs}
+        for trial in range(trials):
+            for rev in revs:
+                out = work / "result.json"
+                load = load_average()
+                subprocess.run(
+                    [sys.executable, __file__, "--throughput-only", "--clicks", str(clicks)]
+                    + ["--json", str(out)],
+                    check=True,
+                    capture_output=True,
+                    env={**os.environ, "PYTHONPATH": str(srcs[rev])},
+                )
+                r = json.loads(out.read_text())
+                results[rev].append(r)
+                cpu = r["cpu_us_per_click"]
+                print(
+                    f"trial {trial + 1} {rev}: {r['pipeline_per_s']:,.0f} clicks/s, CPU/click "
+                    f"{cpu['pipeline']:.1f} us pipeline + {cpu['servers']:.1f} us servers "
+                    f"({load} before)",
+                    flush=True,
+                )
+        print(f"medians of {trials} trials, {clicks:,} clicks, {machine()}, {today()}:")
+        for rev, rs in results.items():
+            med = statistics.median
+            print(
+                f"  {rev}: {med(r['pipeline_per_s'] for r in rs):,.0f} clicks/s, CPU/click "
+                f"{med(r['cpu_us_per_click']['pipeline'] for r in rs):.1f} us pipeline + "
+                f"{med(r['cpu_us_per_click']['servers'] for r in rs):.1f} us servers"
+            )
+    finally:
+        for rev, src in srcs.items():
+            if rev != ".":
+                subprocess.run(
+                    ["git", "-C", str(repo), "worktree", "remove", "--force", str(src.parent)],
+                    capture_output=True,
+                )
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ from confluent_kafka import Message
 from prometheus_client import REGISTRY
 
 from clickflow.config import Settings
+from clickflow.domains.adclicks import pipeline
 from clickflow.domains.adclicks.config import AdClicksConfig
 from clickflow.domains.adclicks.pipeline import AdClicksHandler
 from clickflow.domains.adclicks.reconcile import reconcile
-from clickflow.domains.adclicks.watermark import MINUTE_MS, read_finality
+from clickflow.domains.adclicks.watermark import MINUTE_MS, load_partition_maxima, read_finality
 from clickflow.kafka.batch import Batch, Chunk
 from clickflow.migrations import migrate_clickhouse
 from clickflow.stores.clickhouse import clickhouse_client
@@ -246,3 +247,46 @@ def test_backfill_beside_an_insert_in_flight_stores_no_wrong_correction(
     assert minute_sum(ad_settings) == raw_count(ad_settings) == 150  # no wrong correction
     again = reconcile(ch, start, end, apply=True, committed=lambda: dict(committed))
     assert again.differences == [] and again.unstable == 0
+
+
+def test_after_a_failed_write_later_batches_hold_their_watermarks_back(
+    ad_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipelined: batch 1's insert fails while batch 2, already submitted, is written. Its
+    watermark must wait until every earlier batch is written (the framework retries batch
+    1 first, and submits batch 4 only once batch 2 is complete)."""
+    topic = f"adclicks-{uuid.uuid4().hex[:8]}"
+    cfg = AdClicksConfig(topic=topic, partitions=1)
+    feed = Feed(topic)
+    now = int(time.time() * 1000)
+    batches = [
+        feed.batch(0, [click(f"w{k}-{i}", now - 600_000 + k * 120_000) for i in range(50)], now)
+        for k in range(4)
+    ]
+    real = pipeline.insert_chunk
+    calls: list[int] = []
+
+    def down_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("ClickHouse is down")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "insert_chunk", down_once)
+    ch = clickhouse_client(ad_settings)
+    h = AdClicksHandler(ad_settings, cfg)
+    first, second = h.submit(batches[0], _no_intent), h.submit(batches[1], _no_intent)
+    with pytest.raises(ConnectionError):
+        first.result()
+    assert second.result() == []
+    assert load_partition_maxima(ch, topic) == {}  # batch 1 unwritten: nothing saved
+    assert h.handle(batches[0]) == []  # the framework's retry
+    assert h.submit(batches[2], _no_intent).result() == []
+    assert load_partition_maxima(ch, topic) == {}
+    assert h.submit(batches[3], _no_intent).result() == []
+    assert load_partition_maxima(ch, topic) == {0: now - 600_000 + 3 * 120_000}
+    assert raw_count(ad_settings) == minute_sum(ad_settings) == 200
+
+
+def _no_intent(_batch: Batch) -> None:
+    pass

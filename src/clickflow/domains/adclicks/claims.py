@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from clickflow.config import Settings
 from clickflow.stores.redis import redis_client
 
+_pack_owner = struct.Struct(">HQHI").pack  # the 48 timestamp bits as 16 + 32
+
 CLAIM_BYTES = 32  # 16-byte digest of the click_id + 16-byte owner
 
 # KEYS[3k-2], KEYS[3k-1], KEYS[3k]: the previous, own and next bucket of group k; ARGV[1]:
@@ -65,7 +67,7 @@ for g = 1, #KEYS / 3 do
     for j = 1, m do
       local field = fields[j]
       local holder = taken[field]
-      for _, f in ipairs(found) do holder = holder or f[j] end
+      for f = 1, #found do holder = holder or found[f][j] end
       if holder then
         if holder == owners[j] then own[#own + 1] = base + i + j
         else dups[#dups + 1] = base + i + j end
@@ -92,7 +94,7 @@ def claim_id(click_id: str) -> bytes:
 def claim_owner(partition: int, offset: int, kafka_ms: int) -> bytes:
     """16 bytes: partition, offset and the low 48 bits of the Kafka timestamp (a broker that
     lost its log reuses offsets; its new records have other timestamps)."""
-    return struct.pack(">HQ", partition, offset) + (kafka_ms & 0xFFFF_FFFF_FFFF).to_bytes(6)
+    return _pack_owner(partition, offset, (kafka_ms >> 32) & 0xFFFF, kafka_ms & 0xFFFF_FFFF)
 
 
 @dataclass(slots=True)
@@ -121,6 +123,11 @@ class ClickClaims:
             return Verdicts(set(), set())
         if self._script is None:
             self._script = redis_client(self.settings).register_script(_CLAIM_LUA)
+        if min(buckets) == max(buckets):  # the usual case: a batch within one bucket
+            b, prefix = buckets[0], self.prefix
+            keys = [f"{prefix}{b - 1}", f"{prefix}{b}", f"{prefix}{b + 1}"]
+            dups, own = self._script(keys=keys, args=[self.ttl_s, b"".join(claims)])
+            return Verdicts({int(i) - 1 for i in dups}, {int(i) - 1 for i in own})
         by_bucket: dict[int, list[int]] = {}
         for i, b in enumerate(buckets):
             by_bucket.setdefault(b, []).append(i)
