@@ -106,6 +106,9 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=100_000, help="page views over 7 days")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--rate", type=int, default=2000, help="live page views/s while querying")
+    ap.add_argument(
+        "--pause", type=float, default=0.0, help="seconds between queries (a dashboard: 10-30)"
+    )
     args = ap.parse_args()
     # A SIGTERM (a time limit) still runs the clean-up below: `up` must not outlive us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{Path(__file__).name}: terminated"))
@@ -153,6 +156,7 @@ def main() -> None:
                 result = client.query(ROLLUP)
                 times.append(time.perf_counter() - started)
                 engine.append(int(result.summary.get("elapsed_ns", 0)) / 1e9)
+                time.sleep(args.pause)
             live = client.command(
                 "SELECT count() FROM page_views_raw WHERE processed_time > now() - 10"
             )
@@ -172,6 +176,7 @@ def main() -> None:
                     "days": len(days),
                     "queries": args.queries,
                     "live_rate": args.rate,
+                    "pause_s": args.pause,
                     "p50_ms": round(percentile(times, 0.5) * 1000, 1),
                     "p99_ms": round(percentile(times, 0.99) * 1000, 1),
                     "max_ms": round(times[-1] * 1000, 1),
