@@ -2,20 +2,23 @@
 
 Each trial runs the page-view pipeline bench (``pageviews_pipeline.throughput``: 1M events
 from the broker to queryable rollups, own broker, Redis and chDB) in a fresh process, in one
-of three variants, the variants taking turns within each round:
+of these variants, taking turns within each round:
 
 * ``off``: as ``clickflow process`` runs it: tracing and profiling imported, ``tracing.setup``
   called with no OTLP endpoint (so off), the handler passed through ``tracing.traced``;
-* ``no-tracing``: the tracing module replaced by a stub before anything imports it (no
-  OpenTelemetry in the process, ``traced`` is the identity);
-* ``no-profiling``: the profiling module replaced by a stub (an empty router).
+* ``no-tracing``: the tracing module replaced by a stub before anything imports it
+  (``traced`` is the identity; the OpenTelemetry API stays, redis-py imports it itself);
+* ``no-profiling``: the profiling module replaced by a stub (an empty router);
+* ``none``: both replaced.
 
 Besides events/s (wall) it reports the process's CPU seconds per event over the pipeline's
 run (the generator's fill excluded) and the time spent in the garbage collector, which is
 where a module that is imported but never called could cost something (a larger heap to
-walk). The machine is shared: compare the variants within one run, by medians.
+walk; the consumers freeze what exists when they start, see ``hot_loops``). The machine is
+shared: compare the variants within one run, round by round.
 
-Run: python bench/observability_off_cost.py [--trials 5] [--events 1000000] [--write]
+Run: python bench/observability_off_cost.py [--trials 5] [--events 1000000] [--variants off,none]
+[--write]
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import types
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-VARIANTS = ("off", "no-tracing", "no-profiling")
+VARIANTS = ("off", "no-tracing", "no-profiling", "none")
 
 
 def _stub_tracing() -> None:
@@ -74,9 +77,9 @@ class GcClock:
 
 def one(variant: str, events: int, delivery: str) -> dict:
     """One pipeline run in this (fresh) process."""
-    if variant == "no-tracing":
+    if variant in ("no-tracing", "none"):
         _stub_tracing()
-    elif variant == "no-profiling":
+    if variant in ("no-profiling", "none"):
         _stub_profiling()
     sys.path.insert(0, str(BENCH))
     import pageviews_pipeline as pv
@@ -86,11 +89,13 @@ def one(variant: str, events: int, delivery: str) -> dict:
     from clickflow.observability import tracing
 
     assert tracing.setup("process") is False, "tracing must be off (no OTLP endpoint)"
-    assert (variant == "no-tracing") == (tracing.__spec__ is None), "tracing stubbed or not"
+    assert (variant in ("no-tracing", "none")) == (tracing.__spec__ is None), "tracing stub"
     # redis-py imports parts of OpenTelemetry itself: counted, not asserted.
     otel = sum(m.startswith("opentelemetry") for m in sys.modules)
     handler_class = pv.PageViewHandler
     pv.PageViewHandler = lambda settings: tracing.traced("pageviews", handler_class(settings))
+    probe = object()
+    assert tracing.traced("pageviews", probe) is probe, "off: the handler itself, no wrapper"
     fill = pv.fill
     mark: dict[str, float] = {}
 
@@ -147,6 +152,8 @@ def main() -> None:
     from _common import load_average, machine, today
 
     variants = args.variants.split(",")
+    if variants[0] != "off" or not set(variants) <= set(VARIANTS):
+        raise SystemExit(f"--variants: off first, then some of {', '.join(VARIANTS[1:])}")
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     loads = [os.getloadavg()[0]]
     for trial in range(args.trials):
@@ -164,14 +171,14 @@ def main() -> None:
                 f"  load {loads[-1]:.1f}",
                 flush=True,
             )
-    base = {k: statistics.median(r[k] for r in runs["off"]) for k in ("rate", "cpu_us_per_event")}
     lines = [
         f"`python bench/observability_off_cost.py --trials {args.trials} --events {args.events}"
         f" --delivery {args.delivery}`: {machine()}, {today()}, load average "
         f"{min(loads):.1f} to {max(loads):.1f} during the run ({load_average()} at its end).",
         "",
         "| variant | events/s, median (trials) | CPU µs per event, median (trials) "
-        "| GC ms per run, median | cost of off against it: events/s lost, CPU added |",
+        "| GC ms per run, median | cost of off against it, median of the rounds' ratios: "
+        "events/s lost, CPU per event added |",
         "|---|---|---|---|---|",
     ]
     for v in variants:
@@ -180,13 +187,15 @@ def main() -> None:
         gc_ms = statistics.median(r["gc_ms"] for r in runs[v])
         rates = " / ".join(f"{r['rate'] / 1000:.1f}k" for r in runs[v])
         cpus = " / ".join(f"{r['cpu_us_per_event']:.2f}" for r in runs[v])
-        # What the off path costs against this variant: events/s lost, CPU per event added.
-        delta = (
-            "—"
-            if v == "off"
-            else f"{(1 - base['rate'] / rate) * 100:+.1f}%, "
-            f"{(base['cpu_us_per_event'] / cpu - 1) * 100:+.1f}%"
+        # What the off path costs against this variant, per round (the two runs of a round
+        # are minutes apart, so the machine's load drifts less between them): events/s lost
+        # and CPU per event added, medians over the rounds.
+        pairs = list(zip(runs["off"], runs[v], strict=False))
+        lost = statistics.median(1 - a["rate"] / b["rate"] for a, b in pairs)
+        added = statistics.median(
+            a["cpu_us_per_event"] / b["cpu_us_per_event"] - 1 for a, b in pairs
         )
+        delta = "—" if v == "off" else f"{lost * 100:+.1f}%, {added * 100:+.1f}%"
         cells = f"{rate:,.0f} ({rates}) | {cpu:.2f} ({cpus}) | {gc_ms:.0f}"
         lines.append(f"| {v} | {cells} | {delta} |")
     text = "\n".join(lines) + "\n"
