@@ -39,6 +39,12 @@ PIPELINE_SCRIPTS: dict[str, tuple[list[str], int]] = {
     "adclicks.py": (["--clicks", "200000", "--requests", "100"], 180),
     "telecom.py": (["--events", "100000", "--verify-events", "20000", "--requests", "500"], 180),
     "dashboard_cost.py": (["--seconds", "15"], 120),
+    "sql_endpoint.py": (["--history", "30000", "--queries", "200"], 180),
+    # A smoke run: one round is no A/B; the figure needs --trials 5 or more on a quiet machine.
+    "observability_off_cost.py": (
+        ["--trials", "1", "--events", "200000", "--variants", "off,none"],
+        180,
+    ),
 }
 DEFAULT_LIMIT = 120
 # Not scripts of their own: shared helpers, and the parts this runner starts itself.

@@ -286,3 +286,50 @@ def test_clickflow_sql_goes_through_the_endpoint_beside_serve(served: Served) ->
         timeout=120,
     )
     assert out.returncode == 1 and b"CLICKFLOW_SQL_PORT" in out.stderr, out.stderr[-2000:]
+
+
+_READERS_SCRIPT = """
+import asyncio, json, sys, threading
+import chdb, httpx
+from clickflow.api import clickhouse_http as ch
+from clickflow.config import Settings
+
+opened = []
+connect = chdb.connect
+def counting_connect(path):
+    opened.append(threading.current_thread().name)
+    return connect(path)
+chdb.connect = counting_connect
+connect(sys.argv[1]).query("CREATE DATABASE IF NOT EXISTS clickflow")
+engine = ch.ReadOnlyEngine(sys.argv[1], "clickflow")
+app = ch.create_sql_app(Settings(api_token=None), engine)
+
+async def main():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sql") as client:
+        queries = [f"SELECT {i} + sleepEachRow(0.01) * 0" for i in range(24)]
+        answers = await asyncio.gather(*(client.get("/", params={"query": q}) for q in queries))
+    return [a.text.strip() for a in answers]
+
+answers = asyncio.run(main())
+engine.close()
+print(json.dumps({"answers": answers, "opened": opened}))
+"""
+
+
+def test_queries_share_a_few_long_lived_reader_connections(tmp_path: Path) -> None:
+    """24 queries at once are answered by at most MAX_CONCURRENT connections, opened once:
+    not one per thread of the event loop's pool (up to 40, and new ones after 10 s idle)."""
+    from clickflow.api.clickhouse_http import MAX_CONCURRENT
+
+    # chDB opens one data directory per process: this one runs in a process of its own.
+    out = subprocess.run(
+        [sys.executable, "-c", _READERS_SCRIPT, str(tmp_path / "ch")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = orjson.loads(out.stdout.strip().splitlines()[-1])
+    assert result["answers"] == [str(i) for i in range(24)]
+    assert 1 <= len(result["opened"]) <= MAX_CONCURRENT, result["opened"]

@@ -16,6 +16,7 @@ and not write a file (``INTO OUTFILE`` runs even under ``readonly = 1`` in chDB)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -24,11 +25,11 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import anyio.to_thread
 import orjson
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -208,17 +209,24 @@ def check_read_only(sql: str) -> Statement:
 
 
 class ReadOnlyEngine:
-    """chDB connections (one per thread) on the served data directory, all ``readonly = 1``.
+    """A fixed pool of reader threads on the served data directory, each with its own chDB
+    connection (``readonly = 1``), opened once and kept for the life of the endpoint.
 
-    Opening the directory again in this process shares the engine the pipelines use."""
+    Opening the directory again in this process shares the engine the pipelines use, but not
+    their connections: a reader never waits for a pipeline's insert (chDB runs queries of
+    different connections in parallel). The pool is the endpoint's own, not the event loop's
+    default one, whose threads (and so their connections) end after 10 s idle: a dashboard
+    refreshing every 30 s would otherwise open a connection and run three set-up statements
+    before each query, every one a GIL hand-over in a process whose pipelines hold the GIL."""
 
     def __init__(self, data_dir: Path, database: str) -> None:
         self._path = os.path.realpath(data_dir)
         self.default_database = database
         self._local = threading.local()
-        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
-        self.timezone = self._run("SELECT timezone()", "TabSeparated", None).bytes().decode()
-        self.timezone = self.timezone.strip() or "UTC"
+        # MAX_CONCURRENT queries at a time; more wait in the pool's queue.
+        self._pool = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="sql-reader")
+        timezone = self._pool.submit(self._run, "SELECT timezone()", "TabSeparated", None)
+        self.timezone = timezone.result().bytes().decode().strip() or "UTC"
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -234,15 +242,14 @@ class ReadOnlyEngine:
         return conn
 
     def _run(self, sql: str, fmt: str, database: str | None) -> Any:
-        with self._slots:
-            conn = self._connection()
-            if database and database != self._local.database:
-                # database matched _DATABASE: a plain identifier
-                conn.query(f"USE `{database}`", "TabSeparated")  # noqa: S608
-                self._local.database = database
-            return conn.query(sql, fmt)
+        conn = self._connection()
+        if database and database != self._local.database:
+            # database matched _DATABASE: a plain identifier
+            conn.query(f"USE `{database}`", "TabSeparated")  # noqa: S608
+            self._local.database = database
+        return conn.query(sql, fmt)
 
-    def query(self, sql: str, fmt: str, database: str) -> tuple[bytes, dict[str, str]]:
+    def _query(self, sql: str, fmt: str, database: str) -> tuple[bytes, dict[str, str]]:
         result = self._run(sql, fmt, database)
         body = result.bytes() or b""
         summary = {
@@ -255,6 +262,14 @@ class ReadOnlyEngine:
             "elapsed_ns": str(int(result.elapsed() * 1e9)),
         }
         return body, summary
+
+    async def query(self, sql: str, fmt: str, database: str) -> tuple[bytes, dict[str, str]]:
+        """The answer and its ``X-ClickHouse-Summary``, from a reader thread."""
+        return await asyncio.wrap_future(self._pool.submit(self._query, sql, fmt, database))
+
+    def close(self) -> None:
+        """Let running queries end and stop the readers (their connections close with them)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 # -- the HTTP side ---------------------------------------------------------------------------
@@ -380,7 +395,7 @@ def create_sql_app(settings: Settings, engine: ReadOnlyEngine) -> FastAPI:
             return _error(e.code, str(e), qid)
         started = time.perf_counter()
         try:
-            data, summary = await anyio.to_thread.run_sync(engine.query, sql, default_format, db)
+            data, summary = await engine.query(sql, default_format, db)
         except Exception as e:  # the engine's error, passed on as ClickHouse would
             message = str(e)
             m = _CODE.search(message)
@@ -417,9 +432,9 @@ class SqlEndpoint:
     def __init__(self, settings: Settings) -> None:
         import uvicorn
 
-        engine = ReadOnlyEngine(chdb_directory(settings), settings.clickhouse_database)
+        self.engine = ReadOnlyEngine(chdb_directory(settings), settings.clickhouse_database)
         config = uvicorn.Config(
-            create_sql_app(settings, engine),
+            create_sql_app(settings, self.engine),
             host=settings.host,
             port=settings.sql_port,
             log_level="warning",
@@ -443,6 +458,7 @@ class SqlEndpoint:
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=5)
+        self.engine.close()
 
 
 def chdb_directory(settings: Settings) -> Path:
