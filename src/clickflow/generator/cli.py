@@ -157,13 +157,14 @@ def _serve_control(engines: dict, host: str, port: int) -> None:
 
     from clickflow.generator.control import create_control_app
     from clickflow.runtime.exceptions import RuntimeStartError
+    from clickflow.runtime.http_server import QuietServer
     from clickflow.runtime.ports import require_free
 
     try:
         require_free(host, port, "the generator control API", "CLICKFLOW_GENERATOR_PORT")
     except RuntimeStartError as e:
         raise SystemExit(f"clickflow: {e}") from None
-    server = uvicorn.Server(
+    server = QuietServer(
         uvicorn.Config(create_control_app(engines), host=host, port=port, log_level="warning")
     )
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
