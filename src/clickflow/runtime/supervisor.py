@@ -51,13 +51,16 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     externals: list[tuple[str, subprocess.Popen, int]] = field(default_factory=list)
     stopping: bool = False
-    health_interval: float = 5.0
+    #: Seconds between /healthz probes. Each probe of `serve` checks every store (a new
+    #: PostgreSQL backend, a Kafka admin client): 10 s keeps that off an idle stack's bill
+    #: and still restarts a child red for ``unhealthy_after`` within one more interval.
+    health_interval: float = 10.0
     unhealthy_after: float = 60.0
     #: Seconds a child may take to answer its first /healthz before silence counts as red.
     start_grace: float = 120.0
     #: One client for every probe: `httpx.get` builds a TLS context each call (~20 ms of CPU),
     #: which made the probes alone cost an idle stack 1.3% of a core. No kept-alive
-    #: connections: a probe every 5 s would race the server closing its idle ones.
+    #: connections: a probe every few seconds would race the server closing its idle ones.
     http: httpx.Client = field(
         default_factory=lambda: httpx.Client(
             timeout=5, limits=httpx.Limits(max_keepalive_connections=0)
