@@ -9,7 +9,8 @@ Goals (issue 23): idle <= 2% of one core, demo <= 10%.
 A/B: pass ``--src`` twice (the ``src`` folder of each tree); the trials alternate between them
 and the summary gives medians per tree and mode::
 
-    python bench/stack_cpu.py --src OLD/src --src NEW/src --modes idle demo --trials 3
+    python bench/stack_cpu.py --src OLD/src --label base --src NEW/src --label new \\
+        --modes idle demo --trials 3 --write
 """
 
 from __future__ import annotations
@@ -64,40 +65,49 @@ def stack(up: psutil.Process) -> list[psutil.Process]:
     return [up, *up.children(recursive=True)]
 
 
-def cpu_of(p: psutil.Process) -> float | None:
+def cpu_of(p: psutil.Process) -> tuple[float, float] | None:
+    """(its own CPU seconds, those of its children it has reaped)."""
     try:
         t = p.cpu_times()
     except psutil.Error:
         return None
-    return t.user + t.system
+    return t.user + t.system, t.children_user + t.children_system
 
 
 def sample(up: psutil.Process, seconds: float) -> dict[str, float]:
-    """CPU seconds per role over ``seconds``; a process born inside the window counts from 0,
-    one that ended inside it counts until its last reading."""
-    first: dict[int, tuple[psutil.Process, float]] = {}
+    """CPU seconds per role over ``seconds``.
+
+    A process counts its own CPU from the window's start (or its birth) to the end, plus
+    what its reaped children used meanwhile: PostgreSQL forks a backend per connection (a
+    health check every few seconds), too short-lived to be seen between two readings. A
+    process that ended inside the window is left to its parent's reaped-children count."""
+    first: dict[int, tuple[float, float]] = {}
+    procs: dict[int, psutil.Process] = {}
     for p in stack(up):
         c = cpu_of(p)
         if c is not None:
-            first[p.pid] = (p, c)
-    last = {pid: c for pid, (_p, c) in first.items()}
-    procs = {pid: p for pid, (p, _c) in first.items()}
+            first[p.pid], procs[p.pid] = c, p
+    last = dict(first)
     deadline = time.monotonic() + seconds
     while True:
-        # Read every few seconds so a process that exits in the window is not lost entirely.
+        # Reading every few seconds also catches processes born inside the window.
         time.sleep(max(0.0, min(5.0, deadline - time.monotonic())))
+        alive: set[int] = set()
         for p in stack(up):
             c = cpu_of(p)
             if c is not None:
                 procs.setdefault(p.pid, p)
-                first.setdefault(p.pid, (p, 0.0))
+                first.setdefault(p.pid, (0.0, 0.0))
                 last[p.pid] = c
+                alive.add(p.pid)
         if time.monotonic() >= deadline:
             break
     used: dict[str, float] = {}
-    for pid, (_p, c0) in first.items():
+    for pid, (own0, kids0) in first.items():
+        own1, kids1 = last[pid]
+        cpu = max(0.0, kids1 - kids0) + (max(0.0, own1 - own0) if pid in alive else 0.0)
         r = role(procs[pid])
-        used[r] = used.get(r, 0.0) + max(0.0, last[pid] - c0)
+        used[r] = used.get(r, 0.0) + cpu
     return used
 
 
@@ -133,7 +143,7 @@ def run_trial(src: str | None, demo: bool, seconds: float, settle: float) -> Tri
             time.sleep(0.5)
         time.sleep(settle)  # migrations, first joins and JIT-like warm-ups are not idle
         used = sample(psutil.Process(up.pid), seconds)
-        return Trial(src or "(installed)", "demo" if demo else "idle", seconds, used)
+        return Trial(src or "installed", "demo" if demo else "idle", seconds, used)
     finally:
         stop(up)
 
@@ -199,6 +209,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=1, help="per tree and mode")
     ap.add_argument("--seconds", type=float, default=60.0, help="measured window")
     ap.add_argument("--settle", type=float, default=15.0, help="seconds after up, unmeasured")
+    ap.add_argument(
+        "--write", action="store_true", help="append the tables to bench/results/stack_cpu.md"
+    )
+    ap.add_argument("--label", action="append", help="a name per --src for the tables")
     args = ap.parse_args()
 
     def _term(_sig: int, _frame: object) -> None:
@@ -206,6 +220,9 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _term)
     srcs: list[str | None] = list(args.src or [None])
+    # Tables name a tree by its label (default: its folder's name), never by its path.
+    labels = {s: Path(s).resolve().parent.name for s in srcs if s}
+    labels.update(zip(srcs, args.label or [], strict=False))
     for s in srcs:
         if s:
             where = subprocess.run(
@@ -215,18 +232,66 @@ def main() -> None:
                 text=True,
                 check=True,
             ).stdout.strip()
-            console.print(f"{s}: imports {where}")
+            console.print(f"{labels[s]}: {s} imports {where}")
     console.print(f"{today()}, {machine()}, {load()}")
     trials: list[Trial] = []
     for _ in range(args.trials):
         for mode in args.modes:
             for s in srcs:  # alternating: every tree once per round and mode
                 t = run_trial(s, mode == "demo", args.seconds, args.settle)
+                t.src = labels.get(s, t.src)
                 trials.append(t)
                 print_trial(t)
-    console.print(f"\n{today()}, {machine()}, {load()}, window {args.seconds:.0f} s")
+    when = f"{today()}, {machine()}, {load()} at the end"
+    console.print(f"\n{when}, window {args.seconds:.0f} s")
     console.print("median % of one core (each trial's total in brackets)\n")
-    print(summary(trials))
+    table = summary(trials)
+    print(table)
+    if args.write:
+        write_results(trials, table, when, args)
+
+
+GOALS = {"idle": "<= 2% of one core", "demo": "<= 10% of one core"}
+
+
+def write_results(trials: list[Trial], table: str, when: str, args: argparse.Namespace) -> None:
+    """Append this run to bench/results/stack_cpu.md: the per-process medians of every tree,
+    then the figures of the last tree (the one under test) for bench/RESULTS.md."""
+    last = trials[-1].src
+    rows = []
+    for mode in args.modes:
+        ts = [t for t in trials if t.src == last and t.mode == mode]
+        if ts:
+            med = statistics.median(t.total_pct for t in ts)
+            what = "no traffic" if mode == "idle" else "`--demo` traffic"
+            rows.append(
+                f"| `clickflow up{' --demo' if mode == 'demo' else ''}`: CPU of every process, "
+                f"{what} | {GOALS[mode]} | {med:.1f}% (median of {len(ts)}, "
+                f"{args.seconds:.0f} s each) | {machine()}, {load()} | {today()} |"
+            )
+    text = (
+        f"\n## {when}\n\n"
+        f"`bench/stack_cpu.py --modes {' '.join(args.modes)} --trials {args.trials} "
+        f"--seconds {args.seconds:.0f}`, trees ({', '.join(sorted({t.src for t in trials}))}) "
+        "alternating, "
+        f"{args.settle:.0f} s settling after `up` said it was up, then a {args.seconds:.0f} s "
+        "window; % of one core, median per process over the trials.\n\n"
+        f"{table}\n\n| figure | goal | value | machine | date |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+    path = Path(__file__).parent / "results" / "stack_cpu.md"
+    if not path.exists():
+        text = (
+            "# What the whole `clickflow up` stack costs in CPU\n\n"
+            "Written by `bench/stack_cpu.py`: every process `up` starts (embedded broker, "
+            "Redis, PostgreSQL, `serve`, `collect`, `auth`, each `process`, the generator, "
+            "`up` itself), idle and with `--demo` traffic. Goals (issue 23): idle <= 2%, "
+            "demo <= 10% of one core.\n" + text
+        )
+    with path.open("a") as f:
+        f.write(text)
+    console.print(f"appended to {path}")
 
 
 if __name__ == "__main__":
