@@ -127,7 +127,7 @@ def run_trial(src: str | None, demo: bool, seconds: float, settle: float) -> Tri
     tmp = Path(tempfile.mkdtemp(prefix="clickflow-stackcpu-"))
     env, _ports = up_env(tmp)
     if src:
-        env["PYTHONPATH"] = src
+        env["PYTHONPATH"] = str(Path(src).resolve())  # `up` runs in its own directory
     log = tmp / "up.log"
     argv = [sys.executable, "-m", "clickflow", "up", *(["--demo"] if demo else [])]
     with log.open("wb") as out:
@@ -227,7 +227,7 @@ def main() -> None:
         if s:
             where = subprocess.run(
                 [sys.executable, "-c", "import clickflow; print(clickflow.__file__)"],
-                env={**os.environ, "PYTHONPATH": s},
+                env={**os.environ, "PYTHONPATH": str(Path(s).resolve())},
                 capture_output=True,
                 text=True,
                 check=True,
