@@ -38,13 +38,12 @@ def serve(
     chDB allows one process per data directory, so everything that uses the embedded
     ClickHouse runs here; against a ClickHouse server, run pipelines with `process` instead.
     """
-    import uvicorn
-
     from clickflow.api.app import create_app
     from clickflow.grpc_services import start_domain_services
     from clickflow.migrations import migrate_clickhouse
     from clickflow.pipelines import all_pipelines, runner_checks, start_runners
     from clickflow.runtime.exceptions import RuntimeStartError
+    from clickflow.runtime.http_server import run_app
     from clickflow.runtime.ports import require_free
 
     settings = get_settings()
@@ -78,7 +77,7 @@ def serve(
         sql_server.start()
     grpc_server = start_domain_services(settings)
     try:
-        uvicorn.run(
+        run_app(
             create_app(settings, checks=runner_checks(runners)),
             host=settings.host,
             port=settings.api_port,
@@ -96,16 +95,15 @@ def serve(
 @app.command()
 def collect() -> None:
     """The collector: HTTP ingest on port 8001."""
-    import uvicorn
-
     from clickflow.collector.app import create_app
+    from clickflow.runtime.http_server import run_app
 
     settings = get_settings()
     setup_logging(settings.log_level)
     from clickflow.observability import tracing
 
     tracing.setup("collector")
-    uvicorn.run(
+    run_app(
         create_app(settings),
         host=settings.host,
         port=settings.collector_port,

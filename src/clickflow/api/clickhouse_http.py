@@ -432,6 +432,8 @@ class SqlEndpoint:
     def __init__(self, settings: Settings) -> None:
         import uvicorn
 
+        from clickflow.runtime.http_server import QuietServer
+
         self.engine = ReadOnlyEngine(chdb_directory(settings), settings.clickhouse_database)
         config = uvicorn.Config(
             create_sql_app(settings, self.engine),
@@ -440,7 +442,7 @@ class SqlEndpoint:
             log_level="warning",
             access_log=False,
         )
-        self.server = uvicorn.Server(config)
+        self.server = QuietServer(config)
         self._thread = threading.Thread(target=self.server.run, name="sql-endpoint", daemon=True)
 
     def start(self, timeout: float = 30.0) -> None:

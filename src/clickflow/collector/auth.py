@@ -92,13 +92,12 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def auth() -> None:
         """The development auth service: issues and verifies JWTs on port 8003."""
-        import uvicorn
-
         from clickflow.logs import setup_logging
+        from clickflow.runtime.http_server import run_app
 
         settings = get_settings()
         setup_logging(settings.log_level)
-        uvicorn.run(
+        run_app(
             create_auth_app(settings),
             host=settings.host,
             port=settings.auth_port,

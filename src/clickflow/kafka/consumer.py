@@ -72,6 +72,10 @@ ISOLATED = Counter(
     ["pipeline"],
 )
 SINK_DOWN = Gauge("clickflow_consumer_sink_down", "1 while the handler is failing", ["pipeline"])
+#: The consumer's wait when it holds nothing: consume() then asks for one record, so it returns
+#: as soon as one comes, and an idle consumer wakes twice a second instead of ten times (each
+#: wake-up of the 0.1 s wait cost ~0.08% of a core). Stopping notices ``stop()`` after it.
+IDLE_WAIT_S = 0.5
 LAG = Gauge(
     "clickflow_consumer_lag",
     "Records behind the partition end at the last commit (broker's cached high watermark; "
@@ -299,9 +303,10 @@ class BatchConsumer:
         last_flush = time.monotonic()
         new_since_flush = 0
         while not self._stop.is_set():
-            if not (self._buffer or self._held or self._in_flight):
+            idle = not (self._buffer or self._held or self._in_flight)
+            if idle:
                 self.progress_at = time.monotonic()
-            timeout = 0.1
+            timeout = IDLE_WAIT_S if idle else 0.1
             if max_seconds is not None:
                 timeout = max(0.0, min(timeout, last_flush + max_seconds - time.monotonic()))
             held = len(self._buffer) + len(self._held)
@@ -309,6 +314,8 @@ class BatchConsumer:
             want = max(1, min(self.fetch_size, cap_records - held, room))
             if max_records is not None:
                 want = max(1, min(want, max_records - len(self._buffer)))
+            if idle:
+                want = 1  # consume() waits for `want` records or the timeout: return on the first
             msgs = consumer.consume(num_messages=want, timeout=timeout)
             if msgs:
                 added = self._accept(msgs)

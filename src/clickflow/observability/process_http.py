@@ -24,6 +24,7 @@ from clickflow.config import Settings
 from clickflow.health import Check, health_router
 from clickflow.logs import log_fields
 from clickflow.runtime.exceptions import PortBusyError, RuntimeStartError
+from clickflow.runtime.http_server import QuietServer
 
 log = logging.getLogger("clickflow.process")
 
@@ -92,7 +93,7 @@ def start_process_http(
         log_level="warning",
         access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = QuietServer(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="process-http", daemon=True
     )

@@ -131,7 +131,7 @@ def _wait_ready(settings: Settings, sup: Supervisor, timeout: float = 60.0) -> N
             while True:
                 sup.check()
                 try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    if sup.http.get(f"{url}/healthz", timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
