@@ -248,8 +248,10 @@ def move_partitions(
         report.faults["consumer added"] += 3
         for _ in range(profile.cycles):
             progressed()
-            # The sink fails for one consumer while another one leaves the group.
-            fleet.running[0][1].fail_next_s = 3
+            # The sink fails for the consumers that stay while another one leaves the group
+            # (each at its next batch: on a busy machine one of them may own nothing then).
+            for _c, staying, _t in fleet.running[:1] + fleet.running[2:]:
+                staying.fail_next_s = 3
             fleet.close(1)
             report.faults["consumer closed, sink failing for another"] += 1
             progressed()

@@ -209,7 +209,7 @@ def topics(
     """Topics with their partitions, end offsets and the lag of each consumer group."""
     from confluent_kafka.admin import AdminClient
 
-    from clickflow.kafka.browse import browser, committed_offsets, list_topics, partition_ranges
+    from clickflow.kafka.browse import browser, groups_committed, list_topics, partition_ranges
     from clickflow.kafka.exceptions import KafkaUnavailable
 
     settings = get_settings()
@@ -234,8 +234,7 @@ def topics(
             ranges = partition_ranges(consumer, name)
             ends = {r.partition: r.high for r in ranges}
             lags = []
-            for group in groups:
-                committed = committed_offsets(settings, group, name, list(ends))
+            for group, committed in groups_committed(admin, groups, name, list(ends)).items():
                 if all(o < 0 for o in committed.values()):
                     continue
                 lag = sum(ends[p] - max(o, 0) for p, o in committed.items())
