@@ -4,6 +4,7 @@ functions; off unless enabled; behind the API token."""
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,8 +39,9 @@ def test_profile_of_a_busy_pipeline_shows_its_functions(
     env = process_env(
         tc_settings, topic, tmp_path, port, CLICKFLOW_PROFILING="1", CLICKFLOW_API_TOKEN=token
     )
-    events = make_events(30000, datetime(2031, 4, 1, tzinfo=UTC), timedelta(days=3), users=50)
+    events = make_events(60000, datetime(2031, 4, 1, tzinfo=UTC), timedelta(days=3), users=50)
     url = f"http://127.0.0.1:{port}"
+    stop = threading.Event()  # ends the feeder below
     log = open(tmp_path / "process.log", "ab")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         ingest_cmd(topic, records=500),
@@ -60,16 +62,34 @@ def test_profile_of_a_busy_pipeline_shows_its_functions(
             assert time.monotonic() < deadline, "process not healthy"
             time.sleep(0.2)
         assert httpx.get(f"{url}/debug/profile?seconds=1", timeout=10).status_code == 401
-        produce(tc_settings, topic, [(e["user_id"].encode(), orjson.dumps(e)) for e in events])
+        # Records keep arriving while the profile is taken: a backlog produced up front can
+        # be drained (or still wait for the group's assignment) before sampling starts.
+        records = [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
+
+        def feed() -> None:
+            for start in range(1000, len(records), 1000):
+                if stop.is_set():
+                    return
+                produce(tc_settings, topic, records[start : start + 1000])
+                time.sleep(0.05)
+
+        produce(tc_settings, topic, records[:1000])
+        raw = "SELECT count(*) FROM telecom.events_raw"
+        deadline = time.monotonic() + 120
+        while count(tc_settings, raw) == 0:  # the pipeline owns its partitions and writes
+            assert time.monotonic() < deadline, "the pipeline stored nothing"
+            time.sleep(0.1)
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        before = count(tc_settings, raw)
         auth = {"Authorization": f"Bearer {token}"}
         # Idle samples included: the handler spends most of its time waiting on PostgreSQL,
-        # which py-spy counts as idle, so an active-only profile of 3 s can miss it.
+        # which py-spy counts as idle, so an active-only profile can miss it.
         params = {"seconds": 3, "idle": "true"}
         r = httpx.get(f"{url}/debug/profile", params=params, headers=auth, timeout=90)
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "application/json"
-        stored = count(tc_settings, "SELECT count(*) FROM telecom.events_raw")
-        assert stored < len(events), "the pipeline was idle while profiled"
+        assert count(tc_settings, raw) > before, "the pipeline was idle while profiled"
         profile = r.json()
         assert profile["$schema"].startswith("https://www.speedscope.app/")
         seen = frames(profile)
@@ -84,13 +104,14 @@ def test_profile_of_a_busy_pipeline_shows_its_functions(
 
         svg = httpx.get(
             f"{url}/debug/profile",
-            params={"seconds": 1, "format": "flamegraph"},
+            params={"seconds": 1, "format": "flamegraph", "idle": "true"},
             headers=auth,
             timeout=60,
         )
         assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
         assert svg.text.lstrip().startswith("<?xml") and "<svg" in svg.text
     finally:
+        stop.set()
         proc.terminate()
         try:
             proc.wait(30)
