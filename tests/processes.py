@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from multiprocessing import resource_tracker
 
@@ -37,6 +38,31 @@ def spawn(cmd: Sequence[str], **kwargs) -> subprocess.Popen:
     proc = subprocess.Popen(list(cmd), start_new_session=True, **kwargs)
     _started.append(proc)
     return proc
+
+
+def wait_catches(proc: subprocess.Popen, sig: int, timeout: float = 60.0) -> None:
+    """Wait until ``proc`` has installed a handler for ``sig`` (Linux: its ``SigCgt`` mask).
+
+    A SIGTERM sent while the interpreter is still starting (before `python -m clickflow`
+    runs its first line: seconds on a busy machine) kills the process instead of stopping
+    it cleanly; a test that stops what it just started waits for this first."""
+    status = f"/proc/{proc.pid}/status"
+    if not os.path.exists(status):
+        return  # not Linux: nothing to read
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return  # it ended: the caller's own checks say why
+        try:
+            with open(status) as f:
+                caught = next((ln.split()[1] for ln in f if ln.startswith("SigCgt:")), "0")
+        except FileNotFoundError:
+            return  # it ended and was reaped
+
+        if int(caught, 16) & (1 << (sig - 1)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {proc.pid} never installed a handler for signal {sig}")
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -30,6 +30,7 @@ from clickflow.config import Settings
 from clickflow.kafka.config import consumer_config, producer_config
 from clickflow.kafka.producer import EventProducer
 from clickflow.kafka.topics import dlq_topic
+from tests.processes import wait_catches
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class PipelineProcess:
             self.cmd, env=self.env, stdout=out, stderr=out, start_new_session=True
         )
         out.close()
+        wait_catches(self.proc, signal.SIGTERM)  # so that stop() stops it cleanly
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
