@@ -89,7 +89,8 @@ def main() -> None:
                 topics=[topic],
                 handler=sink,
                 consumer_conf=consumer_config(settings, f"bench-group-{trial}"),
-                dlq_producer=producer,
+                # Its own: a consumer closes its DLQ producer when it stops.
+                dlq_producer=EventProducer(producer_config(settings)),
                 trigger=BatchTrigger(max_records=args.batch, max_seconds=1.0),
             )
             th = threading.Thread(target=consumer.run, daemon=True)

@@ -126,6 +126,8 @@ class PipelineRunner:
     fails, e.g. the assignment callback (``committed()`` timing out, the intent log's
     ``pending()`` failing). The consumer and its handler are built anew from ``build`` (the
     old ones may hold half-done state); the new consumer resumes from the committed offsets.
+    The old consumer has closed its handler and DLQ producer when its run ended, so restarts
+    leave no threads or connections behind.
     """
 
     def __init__(
@@ -154,13 +156,24 @@ class PipelineRunner:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.consumer is not None:
-            self.consumer.stop()
+        consumer = self.consumer
+        if consumer is not None:
+            consumer.stop()
+            if not self.thread.is_alive():  # never started: nothing else will close it
+                consumer.close()
 
     def join(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._supervise()
+        finally:  # stopped before its consumer ran: nothing else closes it
+            consumer = self.consumer
+            if consumer is not None:
+                consumer.close()
+
+    def _supervise(self) -> None:
         delay = self.backoff_initial
         while not self._stop.is_set():
             consumer = self.consumer
@@ -180,7 +193,8 @@ class PipelineRunner:
             finally:
                 PIPELINE_UP.labels(self.name).set(0)
             self.consumer = None
-            _close_handler(consumer)
+            if consumer is not None:
+                consumer.close()  # done by its run() already, unless build() or run() failed early
             if time.monotonic() - started > 10 * self.backoff_max:
                 delay = self.backoff_initial  # it ran fine for a long while: start over
             self.restarts += 1
@@ -208,15 +222,6 @@ class PipelineRunner:
         if idle > self.stall_seconds:
             return f"stalled: records pending and nothing committed for {idle:.0f} s"
         return "ok"
-
-
-def _close_handler(consumer: BatchConsumer | None) -> None:
-    close = getattr(consumer.handler, "close", None) if consumer is not None else None
-    if callable(close):
-        try:
-            close()
-        except Exception as e:
-            log.warning("handler close failed", extra=log_fields(error=str(e)[:300]))
 
 
 def start_runners(

@@ -3,6 +3,7 @@ backoff and counted; health turns red while it is down or stalled with records p
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from clickflow.kafka.dlq import DeadLetter
 from clickflow.pipelines import PipelineRunner
 
 from .test_batch_consumer import MemoryIntentLog, MemorySink, make_consumer, produce, records
+from .test_handler_close import native_threads
 
 
 class FailingIntentLog(MemoryIntentLog):
@@ -156,3 +158,54 @@ def test_serve_health_and_metrics_show_a_dying_pipeline(settings: Settings, topi
         runner.stop()
         runner.join(30)
     assert not runner.thread.is_alive()
+
+
+def _threads(prefix: str) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
+
+
+def test_restarts_leave_no_threads_of_old_consumers(
+    settings: Settings, redis_url: str, topic: str
+) -> None:
+    """A consumer that dies has its handler and DLQ producer closed before the next one is
+    built: after K restarts the threads of one consumer run, not of K + 1."""
+    from clickflow.domains.pageviews.pipeline import PIPELINES as PAGEVIEWS
+    from clickflow.kafka.topics import TopicSpec
+    from clickflow.pipelines import PipelineOptions, build_consumer
+
+    restarts_wanted = 3
+    s = settings.model_copy(update={"redis_url": redis_url})
+    intents = FailingIntentLog(fail_times=restarts_wanted)  # every consumer's assignment fails
+    spec = dataclasses.replace(
+        PAGEVIEWS[0], topics=[TopicSpec(topic, 2)], build_intent_log=lambda _s: intents
+    )
+    options = PipelineOptions(BatchTrigger(max_records=100, max_seconds=0.3), group=f"g-{topic}")
+    ready: list[threading.Event] = []
+
+    def build() -> BatchConsumer:
+        """The pipeline as `clickflow process` builds it, once it has handled a batch: its
+        handler's worker threads run."""
+        consumer = build_consumer(s, spec, options)
+        consumer.handler.handle(Batch(consumer.group, []))
+        ready.append(consumer.ready)
+        return consumer
+
+    python_before = set(threading.enumerate())
+    rdk_before = native_threads("rdk:")
+    runner = PipelineRunner(f"test-{topic}", build, backoff_initial=0.05, backoff_max=0.2)
+    one_handler = len(_threads("pageviews-"))  # the first consumer's, built by the runner
+    assert one_handler > 0
+    runner.start()
+    try:
+        wait_for(lambda: runner.restarts >= restarts_wanted, 120, "the consumers to die")
+        wait_for(lambda: len(ready) > restarts_wanted and ready[-1].is_set(), 60, "the last one")
+        assert runner.restarts == restarts_wanted
+        # The handler threads of the consumer that runs, none of the ones that died.
+        assert len(_threads("pageviews-")) == one_handler, _threads("pageviews-")
+    finally:
+        runner.stop()
+        runner.join(30)
+    assert not runner.thread.is_alive()
+    left = [t.name for t in set(threading.enumerate()) - python_before if t.is_alive()]
+    assert left == [], f"threads left running after stop: {left}"
+    assert native_threads("rdk:") <= rdk_before, "librdkafka threads left after stop"

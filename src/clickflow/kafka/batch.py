@@ -113,6 +113,9 @@ class BatchHandler(Protocol):
     validation) must come back as dead letters; raising means "the sink failed" and the whole
     batch is retried later, so writes must be idempotent per chunk in exactly-once mode
     (use ``chunk.token(batch.group)`` as the insert deduplication token).
+
+    A handler that holds threads or connections also has ``close()``: the consumer that owns
+    it calls it once when its run ends (stopped or dead), so it never runs again.
     """
 
     def handle(self, batch: Batch) -> list[DeadLetter]: ...

@@ -111,6 +111,9 @@ class BatchConsumer:
     ``consumer_conf`` is a librdkafka config (see :func:`clickflow.kafka.config.consumer_config`);
     ``dlq_producer`` sends dead letters. Run with :meth:`run` (blocking) and stop with
     :meth:`stop` from any thread or a signal handler.
+
+    The consumer owns its handler and its DLQ producer: when :meth:`run` ends (stopped, or
+    dead of an exception) it closes both (:meth:`close`), so a consumer runs once.
     """
 
     name: str
@@ -167,6 +170,8 @@ class BatchConsumer:
         self._pipelined = callable(getattr(self.handler, "submit", None))
         #: Last commit, or last loop turn with nothing pending: health's "is it progressing".
         self.progress_at = time.monotonic()
+        self._closed = False
+        self._close_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -176,6 +181,32 @@ class BatchConsumer:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def close(self) -> None:
+        """Release what the consumer owns, once: the handler's ``close()`` when it has one
+        (its worker threads, connections, background loops) and the DLQ producer.
+        :meth:`run` calls it when it ends; call it for a consumer that never ran."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        close = getattr(self.handler, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as e:
+                log.warning(
+                    "handler close failed",
+                    extra=log_fields(pipeline=self.name, error=f"{type(e).__name__}: {e}"[:500]),
+                )
+        if self.dlq_producer is not None:
+            try:
+                self.dlq_producer.close()
+            except Exception as e:
+                log.warning(
+                    "DLQ producer close failed",
+                    extra=log_fields(pipeline=self.name, error=f"{type(e).__name__}: {e}"[:500]),
+                )
 
     def run(self) -> ConsumerStats:
         consumer = Consumer(self.consumer_conf)
@@ -201,6 +232,7 @@ class BatchConsumer:
             self._consumer = None
             self._leave_without_leave_group(consumer)
             del consumer  # the last reference: librdkafka destroys the handle
+            self.close()
             log.info(
                 "consumer stopped", extra=log_fields(pipeline=self.name, records=self.stats.records)
             )

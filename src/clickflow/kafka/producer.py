@@ -72,3 +72,17 @@ class EventProducer:
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for every queued record to be acknowledged; returns how many are still queued."""
         return self._producer.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued (up to ``timeout``), drop the rest, and end librdkafka's
+        threads and connections. The producer cannot be used afterwards; closing twice is
+        harmless. (librdkafka's own close waits for delivery without a limit: a broker that
+        is down would hold it for ``message.timeout.ms``.)"""
+        producer = self._producer
+        try:
+            if producer.flush(timeout):
+                producer.purge()
+                producer.flush(1.0)  # serves the purged records' delivery reports
+            producer.close()
+        except RuntimeError:  # closed already
+            pass

@@ -124,6 +124,12 @@ class AdClicksHandler:
     def handle(self, batch: Batch) -> list[DeadLetter]:
         return self._submit(batch, None, None).result()
 
+    def close(self) -> None:
+        """End the worker threads once their queued work is done (the consumer framework
+        calls it when the consumer stops or dies: a rebuilt handler has threads of its own)."""
+        for pool in (self._recorder, self._claimer, self._inserter):
+            pool.shutdown(wait=True)
+
     def submit(
         self, batch: Batch, before_write: Callable[[Batch], None] | None = None
     ) -> Future[list[DeadLetter]]:
@@ -337,10 +343,12 @@ class AdClicksHandler:
         verdicts: Verdicts,
         chunk_hash: int,
         now_ms: int,
-        built: list[RawRow] | None = None,
+        built: list[RawRow],
     ) -> tuple[list[RawRow], int | None, tuple]:
-        """The rows to write (``built``: the clicks' rows, made while decoding), the
-        partition's new max click time, and the counts for the metrics."""
+        """The rows to write, the partition's new max click time, and the counts for the
+        metrics. ``built`` holds each click's row, made by :meth:`_decode` in its one pass
+        over the records (the only place a raw row is made); here rows are only kept or
+        dropped."""
         rows: list[RawRow] = []
         partition = chunk.partition
         max_ms = self.max_event.get(partition)
@@ -374,25 +382,7 @@ class AdClicksHandler:
                 late += 1
                 if final_end is not None and ts < final_end // MINUTE_MS * MINUTE_MS:
                     late_final += 1
-            if built is not None:
-                rows.append(built[j])
-                continue
-            rows.append(
-                RawRow(
-                    c.click_id,
-                    c.ad_id,
-                    ts,
-                    c.user_id,
-                    c.ip,
-                    c.country,
-                    c.device,
-                    c.os,
-                    partition,
-                    m.offset(),
-                    m.timestamp()[1],
-                    chunk_hash,
-                )
-            )
+            rows.append(built[j])
         return rows, max_ms, (dups, replays, late, late_final)
 
     def _observe(self, chunk: Chunk, accepted: int, stats: tuple) -> None:

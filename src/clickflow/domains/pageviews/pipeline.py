@@ -91,6 +91,12 @@ class PageViewHandler:
     def handle(self, batch: Batch) -> list[DeadLetter]:
         return self.submit(batch).result()
 
+    def close(self) -> None:
+        """End the worker threads once their queued work is done (the consumer framework
+        calls it when the consumer stops or dies: a rebuilt handler has threads of its own)."""
+        for pool in (self._recorder, self._claimer, self._inserter):
+            pool.shutdown(wait=True)
+
     def submit(
         self, batch: Batch, before_write: Callable[[Batch], None] | None = None
     ) -> Future[list[DeadLetter]]:

@@ -64,7 +64,8 @@ def decode_batch(batch: Batch) -> tuple[list[TelecomEvent], list[DeadLetter]]:
 
 
 class TelecomHandler:
-    """Decode, validate, write with ``write``; then ``after_commit`` (cache publish)."""
+    """Decode, validate, write with ``write``; then ``after_commit`` (cache publish).
+    ``close`` releases what ``write`` holds (its PostgreSQL connection)."""
 
     def __init__(
         self,
@@ -72,11 +73,18 @@ class TelecomHandler:
         write: Callable[[list[TelecomEvent]], WriteResult],
         after_commit: Callable[[WriteResult], None] | None = None,
         dead_letters: bool = True,
+        close: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._write = write
         self._after_commit = after_commit
         self._dead_letters = dead_letters
+        self._close = close
+
+    def close(self) -> None:
+        """Called by the consumer framework when the consumer stops or dies."""
+        if self._close is not None:
+            self._close()
 
     def handle(self, batch: Batch) -> list[DeadLetter]:
         events, letters = decode_batch(batch)
@@ -93,7 +101,8 @@ class TelecomHandler:
 
 
 def build_ingest(settings: Settings, _opts: PipelineOptions) -> TelecomHandler:
-    return TelecomHandler("telecom-ingest", RawWriter(postgres_url(settings)).write)
+    writer = RawWriter(postgres_url(settings))
+    return TelecomHandler("telecom-ingest", writer.write, close=writer.close)
 
 
 def build_aggregate(settings: Settings, _opts: PipelineOptions) -> TelecomHandler:
@@ -109,11 +118,9 @@ def build_aggregate(settings: Settings, _opts: PipelineOptions) -> TelecomHandle
             CACHE_PUBLISH_FAILURES.inc()
 
     # The ingestor already sends invalid records to the DLQ; the aggregator skips them.
+    writer = AggregateWriter(postgres_url(settings))
     return TelecomHandler(
-        "telecom-aggregate",
-        AggregateWriter(postgres_url(settings)).write,
-        after_commit,
-        dead_letters=False,
+        "telecom-aggregate", writer.write, after_commit, dead_letters=False, close=writer.close
     )
 
 
