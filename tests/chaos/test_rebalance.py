@@ -276,9 +276,12 @@ def move_partitions(
         for _ in range(profile.cycles):
             progressed()
             # The sink fails for the consumers that stay while another one leaves the group
-            # (each at its next batch: on a busy machine one of them may own nothing then).
+            # (each at its next batch: on a busy machine one of them may own nothing then),
+            # longer than the group takes to drop the leaver (SESSION_MS): the partitions
+            # move while the failed batches wait for their retry, which is fenced off and
+            # replayed by the next owner.
             for _c, staying, _t in fleet.running[:1] + fleet.running[2:]:
-                staying.fail_next_s = 3
+                staying.fail_next_s = SESSION_MS / 1000 + 3
             fleet.close(1)
             report.faults["consumer closed, sink failing for another"] += 1
             progressed()
