@@ -538,8 +538,11 @@ def test_ugc_exactly_once_while_partitions_move(
 
     report.sent = len(sends)
     report.valid = len(sends) - len(broken_at)
-    truth = ugc_truth(log)
-    for table, want in truth.items():
+    # Without FINAL: a row written twice shows until a merge collapses it (exact copies of a
+    # row collapse by design, the tables are ReplacingMergeTree and the API reads with FINAL);
+    # ugc_processing_errors is a plain MergeTree and keeps every copy.
+    diffs: dict[str, tuple[list, list]] = {}
+    for table, want in ugc_truth(log).items():
         got = Counter(
             tuple(r)
             for r in ch.query(
@@ -549,6 +552,7 @@ def test_ugc_exactly_once_while_partitions_move(
         )
         report.lost += sum((want - got).values())
         report.duplicated += sum((got - want).values())
+        diffs[table] = (list(want - got)[:3], list(got - want)[:3])
     want_views = Counter(expected_by_kafka_time(log, int(UGC_WAIT_S * 1000)))
     got_views = Counter(tuple(r) for r in ch.query(PAGE_VIEW_SQL).result_rows)
     report.lost += sum((want_views - got_views).values())
@@ -563,9 +567,9 @@ def test_ugc_exactly_once_while_partitions_move(
     RESULTS.append(report)
     assert sum(c.stats.retries for c in fleet.stats) > 0  # the sink failure was retried
     assert (report.lost, report.duplicated) == (0, 0), (
-        [(t, sorted((w - got).items())[:3]) for t, w in truth.items()],
-        sorted((want_views - got_views).items())[:3],
-        sorted((got_views - want_views).items())[:3],
+        diffs,
+        list(want_views - got_views)[:3],
+        list(got_views - want_views)[:3],
     )
     paired = sum(n for row, n in want_views.items() if row[-1] == 1)
     assert paired > 1000 and len(want_views) - paired > 100  # both verdicts were reached
