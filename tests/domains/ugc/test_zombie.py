@@ -61,10 +61,6 @@ def rsettings(settings: Settings, redis_url: str) -> Settings:
     return s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the zombie's pairing update marks alice's start emitted; its row was dropped",
-)
 def test_a_zombie_rewriting_a_chunk_after_its_new_owner_loses_no_page_view(
     rsettings: Settings,
 ) -> None:
