@@ -49,7 +49,8 @@ class UgcConfig(BaseSettings):
     idle_clock_margin_seconds: float = Field(default=60, ge=0)
     dedup_window_seconds: int = Field(default=7 * 24 * 3600, gt=0)  # event_id claims live this long
     # Every Redis key of the pipeline starts with this prefix, then one fixed namespace per
-    # purpose: pv: (pairing state), pending:, ended:, clock, sweep (the sweep), seen: (claims).
+    # purpose: pv: (pairing state), pending:, ended:, clock, applied:, sweep (the sweep), seen:
+    # (claims).
     redis_prefix: str = "ugc:"
 
     # Verdicts, from the record and the time it reached Kafka (never the processing clock,

@@ -30,7 +30,9 @@ State (Redis; every key starts with the configured prefix, then one namespace pe
 * ``ended:<partition>`` — sorted set of the tombstones, score: when they may go;
 * ``clock`` — per partition, the largest Kafka timestamp and offset handled (for the
   idle-partition sweep);
-* ``sweep`` / ``sweep:lease`` — the background sweep's intent and lease.
+* ``sweep`` / ``sweep:lease`` — the background sweep's intent and lease;
+* ``applied:<partition>`` — sorted set of the last 1,000 chunks' tokens applied (score: the
+  chunk's Kafka clock), so a chunk's mutations are applied once.
 
 Exactly once. A Kafka chunk (one partition's offset range, replayed identically after a
 crash by the consumer framework's intent log) is handled as one unit, in this order:
@@ -49,6 +51,15 @@ mutations then converge to the ones of the first run: if 3 happened, the chunk's
 found in Redis already (the stored half wins) or behind a tombstone (dropped; tombstones of
 the chunk's own page views are never removed by that chunk); if 3 did not happen, the state
 is the one of the first run and so is the plan.
+
+A zombie consumer (it stalled after recording its intent, the group gave its partition to
+another, then it woke up and finished its write) writes a chunk again *after* the new owner
+wrote it and went on: its plan comes from a later state, and may emit a start that the
+chunk's own clock made due (a chunk spanning more than the wait) in rows its insert drops
+(the owner used the token). Its mutations must not mark that start emitted, so step 3 is
+done once per chunk: ``apply`` records the chunk's token (``applied:<partition>``, the last
+1,000 chunks) and does nothing for a token it holds. A zombie later than 1,000 chunks of its
+partition is beyond this guard, as beyond the tables' deduplication window.
 
 ``ugc_page_view`` is a ReplacingMergeTree keyed by the page view (its start) with
 ``paired`` as the version: whatever a crash or a concurrent sweeper does, a page view read
@@ -91,6 +102,9 @@ DONE = "d"
 PAIRED = "p"  # tombstone: closed (paired, or decided for good)
 UNPAIRED = "o"  # tombstone: the start was emitted unpaired (kept, its end may still pair)
 ORPHAN_END = "x"  # tombstone: the end was dropped as an orphan (kept, for its start)
+# Tokens of the last chunks applied, per partition (as the tables keep their last 1,000
+# insert blocks): a chunk written again within them is not applied again.
+APPLIED_KEEP = 1000
 
 
 # All scripts take one JSON argument (cheap to send from Python; keys are exact JSON
@@ -120,15 +134,20 @@ end
 local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', p.now, 'LIMIT', 0, p.limit)
 return {out, due, old}
 """
-# APPLY: KEYS = (pending, ended, clock); ARGV[1] {store: [[key, field, half, deadline]],
-# done: [[key, code, field, half]], closed: [key], until, cleanup: [key], unpend: [key],
-# partition, clock, offset}. A tombstone keeps the half it names (field ""; none). ``closed``
-# are page views paired within the chunk that had no state at all: no hash to delete, no
-# pending entry, so only their tombstone is written (most page views; half the calls).
+# APPLY: KEYS = (pending, ended, clock, applied); ARGV[1] {store: [[key, field, half,
+# deadline]], done: [[key, code, field, half]], closed: [key], until, cleanup: [key],
+# unpend: [key], partition, clock, offset, token, keep}. A chunk whose token is among the
+# partition's last ``keep`` applied ones was applied already: nothing is done (returns -1).
+# A tombstone keeps the half it names (field ""; none). ``closed`` are page views paired
+# within the chunk that had no state at all: no hash to delete, no pending entry, so only
+# their tombstone is written (most page views; half the calls).
 # Sorted-set updates go in one ZADD / ZREM per 500 keys: a redis.call costs more than a member.
 APPLY_SCRIPT = """
 local pending, ended = KEYS[1], KEYS[2]
 local p = cjson.decode(ARGV[1])
+if p.token ~= '' and redis.call('ZSCORE', KEYS[4], p.token) then
+  return -1
+end
 local till = p['until']
 for _, s in ipairs(p.store) do
   redis.call('HSETNX', s[1], s[2], s[3])
@@ -180,6 +199,10 @@ end
 local off = tonumber(redis.call('HGET', KEYS[3], p.partition .. ':offset') or '-1')
 if tonumber(p.offset) > off then
   redis.call('HSET', KEYS[3], p.partition .. ':offset', p.offset)
+end
+if p.token ~= '' then
+  redis.call('ZADD', KEYS[4], p.clock, p.token)
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(p.keep) + 1))
 end
 return #p.store + #p.done
 """
@@ -296,6 +319,8 @@ class PairingPlan:
     partition: int = 0
     clock: int = 0  # the chunk's Kafka clock (ms)
     offset: int = -1  # the chunk's last offset
+    # The chunk's token: its update is applied once (a zombie's later plan is not).
+    token: str = ""
     rows: list[tuple] = field(default_factory=list)
     store: list[tuple[str, Half]] = field(default_factory=list)  # (key, half) to HSETNX
     # Tombstones to write: (key, code, field, half): the half is kept under field (or "").
@@ -349,6 +374,9 @@ class PageViewPairing:
 
     def ended_key(self, partition: int) -> str:
         return f"{self.config.redis_prefix}ended:{partition}"
+
+    def applied_key(self, partition: int) -> str:
+        return f"{self.config.redis_prefix}applied:{partition}"
 
     # -- pairing ------------------------------------------------------------------------------
 
@@ -472,8 +500,9 @@ class PageViewPairing:
             for h in mine.values():
                 plan.store.append((k, h))
 
-    def apply(self, plan: PairingPlan) -> None:
-        """The plan's Redis mutations in one atomic script; idempotent."""
+    def apply(self, plan: PairingPlan) -> bool:
+        """The plan's Redis mutations in one atomic script; idempotent. With a token, done
+        once per chunk: False when the chunk was applied already (by an earlier run)."""
         cfg = self.config
         wait = cfg.max_wait_ms
         payload = {
@@ -488,9 +517,12 @@ class PageViewPairing:
             "partition": str(plan.partition),
             "clock": str(plan.clock),
             "offset": str(plan.offset),
+            "token": plan.token,
+            "keep": str(APPLIED_KEEP),
         }
-        keys = [self.pending_key(plan.partition), self.ended_key(plan.partition), self.clock_key]
-        self._apply(keys=keys, args=[orjson.dumps(payload)])
+        p = plan.partition
+        keys = [self.pending_key(p), self.ended_key(p), self.clock_key, self.applied_key(p)]
+        return int(self._apply(keys=keys, args=[orjson.dumps(payload)])) >= 0
 
     def clocks(self) -> dict[int, tuple[int, int]]:
         """Per partition: (largest Kafka timestamp, last offset) handled so far."""

@@ -402,6 +402,7 @@ class UgcHandler:
             done.result()  # the first failure, once every insert has finished
         if self._fault:
             self._fault("after_insert")
+        plan.token = chunk.token(group, "pairing")
         self.pairing.apply(plan)
         if self._fault:
             self._fault("after_redis")
