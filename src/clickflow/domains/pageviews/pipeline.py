@@ -16,6 +16,7 @@ Exactly once, through crashes:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -64,6 +65,48 @@ RAW_COLUMNS = [
 ERROR_COLUMNS = ["error_time", "raw_message", "error_reason", "kafka_offset", "kafka_partition"]
 
 
+class PageViewWriters:
+    """The writer threads of a page-view handler: Redis claims, ClickHouse inserts, intent
+    records, one thread each.
+
+    The consumers of the pipeline in one process (``--consumers N``, threads of ``serve``)
+    share one set (:func:`shared_writers`): the same store work then runs on the same three
+    threads as with one consumer. With a set per consumer, two consumers ran six writer
+    threads and two chDB inserts at a time beside two decoding threads on the one GIL: ~50%
+    more context switches per event and ~10% more CPU of the process per event (2-core AMD
+    EPYC, 2026-12-02, load 9 to 15), for no parallelism the cores had to give. A handler's
+    tasks keep their order on each thread (FIFO), which is all its batches rely on; a
+    consumer's batch may wait behind another consumer's, never on it (no task of one
+    thread waits for a task queued behind it on another)."""
+
+    def __init__(self) -> None:
+        self.claimer = ThreadPoolExecutor(1, thread_name_prefix="pageviews-claims")
+        self.inserter = ThreadPoolExecutor(1, thread_name_prefix="pageviews-insert")
+        # The intent record (a small insert of its own, ~4 ms) runs beside the claims of
+        # its batch instead of queueing behind the previous batch's inserts.
+        self.recorder = ThreadPoolExecutor(1, thread_name_prefix="pageviews-intent")
+
+
+_shared: dict[tuple[str, str, str | None], PageViewWriters] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_writers(settings: Settings) -> PageViewWriters:
+    """The writer threads every page-view handler of this process shares with the others
+    writing to the same stores (created by the first)."""
+    key = (settings.clickhouse_url, settings.clickhouse_database, settings.redis_url)
+    with _shared_lock:
+        writers = _shared.get(key)
+        if writers is None:
+            writers = _shared[key] = PageViewWriters()
+        return writers
+
+
+def pipeline_handler(settings: Settings, _options: object = None) -> PageViewHandler:
+    """The pipeline's handler, on the process's shared writer threads."""
+    return PageViewHandler(settings, writers=shared_writers(settings))
+
+
 class PageViewHandler:
     """Validate, claim identities in Redis, insert into ClickHouse, as a pipeline.
 
@@ -79,14 +122,18 @@ class PageViewHandler:
 
     PIECE = 2000
 
-    def __init__(self, settings: Settings, dedup_ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        dedup_ttl_s: int = 7 * 24 * 3600,
+        writers: PageViewWriters | None = None,
+    ) -> None:
         self.settings = settings
         self.claims = DayBucketClaims(settings, "pv:claims:", dedup_ttl_s)
-        self._claimer = ThreadPoolExecutor(1, thread_name_prefix="pageviews-claims")
-        self._inserter = ThreadPoolExecutor(1, thread_name_prefix="pageviews-insert")
-        # The intent record (a small insert of its own, ~4 ms) runs beside the claims of
-        # its batch instead of queueing behind the previous batch's inserts.
-        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="pageviews-intent")
+        writers = writers or PageViewWriters()
+        self._claimer = writers.claimer
+        self._inserter = writers.inserter
+        self._recorder = writers.recorder
 
     def handle(self, batch: Batch) -> list[DeadLetter]:
         return self.submit(batch).result()
@@ -245,7 +292,7 @@ PIPELINES = [
         name="pageviews",
         topics=[TopicSpec(PAGEVIEWS_TOPIC, 4)],
         store="clickhouse",
-        build_handler=lambda settings, _opts: PageViewHandler(settings),
+        build_handler=pipeline_handler,
         build_intent_log=lambda settings: ClickHouseIntentLog(settings),
         default_options=_default_options(),
         health_check=stores_healthy,
