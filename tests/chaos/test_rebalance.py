@@ -26,7 +26,7 @@ from clickflow.config import Settings
 from clickflow.domains.adclicks.config import AdClicksConfig
 from clickflow.domains.adclicks.pipeline import AdClicksHandler
 from clickflow.domains.pageviews.events import event_identity
-from clickflow.domains.pageviews.pipeline import PageViewHandler, stores_healthy
+from clickflow.domains.pageviews.pipeline import pipeline_handler, stores_healthy
 from clickflow.exactly_once.intent_log import ClickHouseIntentLog
 from clickflow.kafka.batch import Batch, BatchTrigger, Delivery
 from clickflow.kafka.config import consumer_config, producer_config
@@ -102,7 +102,7 @@ class Fleet:
         self,
         settings: Settings,
         topic: str,
-        build: Callable[[Settings], Any] = PageViewHandler,
+        build: Callable[[Settings], Any] = pipeline_handler,
         healthy: Callable[[Settings], bool] = stores_healthy,
     ) -> None:
         self.settings, self.topic = settings, topic
