@@ -72,12 +72,12 @@ class PageViewWriters:
     The consumers of the pipeline in one process (``--consumers N``, threads of ``serve``)
     share one set (:func:`shared_writers`): the same store work then runs on the same three
     threads as with one consumer. With a set per consumer, two consumers ran six writer
-    threads and two chDB inserts at a time beside two decoding threads on the one GIL: ~50%
-    more context switches per event and ~10% more CPU of the process per event (2-core AMD
-    EPYC, 2026-12-02, load 9 to 15), for no parallelism the cores had to give. A handler's
-    tasks keep their order on each thread (FIFO), which is all its batches rely on; a
-    consumer's batch may wait behind another consumer's, never on it (no task of one
-    thread waits for a task queued behind it on another)."""
+    threads and two chDB inserts at a time beside two decoding threads on the one GIL:
+    25-65% more voluntary context switches per event, and more CPU of the process per event
+    in most interleaved pairs (docs/design.md, "Several consumers per pipeline"), for no
+    parallelism two cores had left. A handler's tasks keep their order on each thread
+    (FIFO), which is all its batches rely on; a consumer's batch may wait behind another
+    consumer's, never on it (inserts wait on intents and claims, which wait on nothing)."""
 
     def __init__(self) -> None:
         self.claimer = ThreadPoolExecutor(1, thread_name_prefix="pageviews-claims")
