@@ -73,11 +73,12 @@ class PageViewWriters:
     share one set (:func:`shared_writers`): the same store work then runs on the same three
     threads as with one consumer. With a set per consumer, two consumers ran six writer
     threads and two chDB inserts at a time beside two decoding threads on the one GIL:
-    25-65% more voluntary context switches per event, and more CPU of the process per event
-    in most interleaved pairs (docs/design.md, "Several consumers per pipeline"), for no
-    parallelism two cores had left. A handler's tasks keep their order on each thread
-    (FIFO), which is all its batches rely on; a consumer's batch may wait behind another
-    consumer's, never on it (inserts wait on intents and claims, which wait on nothing)."""
+    more voluntary context switches per event in every interleaved pair (median 41 against
+    33 per 1,000; CPU per event within the noise, docs/design.md, "Several consumers per
+    pipeline"), for no parallelism two cores had left. A handler's tasks keep their order
+    on each thread (FIFO), which is all its batches rely on; a consumer's batch may wait
+    behind another consumer's, never on it (inserts wait on intents and claims, which wait
+    on nothing)."""
 
     def __init__(self) -> None:
         self.claimer = ThreadPoolExecutor(1, thread_name_prefix="pageviews-claims")
