@@ -27,7 +27,7 @@ from clickflow.config import Settings
 from clickflow.domains.adclicks.config import AdClicksConfig
 from clickflow.domains.adclicks.pipeline import AdClicksHandler
 from clickflow.domains.pageviews.events import event_identity
-from clickflow.domains.pageviews.pipeline import PageViewHandler, stores_healthy
+from clickflow.domains.pageviews.pipeline import pipeline_handler, stores_healthy
 from clickflow.domains.ugc.config import UgcConfig
 from clickflow.domains.ugc.pipeline import TABLES as UGC_TABLES
 from clickflow.domains.ugc.pipeline import UgcHandler
@@ -118,7 +118,7 @@ class Fleet:
         self,
         settings: Settings,
         topic: str,
-        build: Callable[..., Any] = PageViewHandler,
+        build: Callable[..., Any] = pipeline_handler,
         healthy: Callable[[Settings], bool] = stores_healthy,
         fails_at: str | None = None,
     ) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
 
 from clickflow.config import Settings
+from clickflow.domains.pageviews.pipeline import PIPELINES
 from clickflow.kafka.batch import BatchTrigger
 from clickflow.kafka.consumer import BatchConsumer
+from clickflow.kafka.topics import TopicSpec
 from clickflow.migrations import migrate_clickhouse
+from clickflow.pipelines import PipelineOptions, build_consumers
 from clickflow.stores.clickhouse import clickhouse_client
 
 from .support import (
@@ -111,4 +115,42 @@ def test_clickhouse_outage_loses_nothing(
     time.sleep(0.5)
     consumer.stop()
     t.join(20)
+    assert_matches_truth(settings, truth)
+
+
+def test_two_consumers_of_the_pipeline_share_its_writer_threads(
+    settings_full: Settings, topic: str, tmp_path: Path
+) -> None:
+    """`--consumers 2` in one process: both handlers write on the same claim, insert and
+    intent threads (as one consumer would), and the rollups still match the truth."""
+    settings = settings_full
+    migrate_clickhouse(settings, ["pageviews"])
+    truth = tmp_path / "truth.jsonl"
+    generate(settings, topic, 20_000, truth, partitioner="round-robin")
+    _, _, valid, _ = expected_rollups(truth)
+    spec = dataclasses.replace(PIPELINES[0], topics=[TopicSpec(topic, 4)])
+    options = PipelineOptions(BatchTrigger(max_records=2000, max_seconds=0.5), group=f"g-{topic}")
+    consumers = build_consumers(settings, spec, options, 2)
+    handlers = [c.handler for c in consumers]
+    assert handlers[0] is not handlers[1]
+    for writer in ("_claimer", "_inserter", "_recorder"):
+        assert getattr(handlers[0], writer) is getattr(handlers[1], writer), writer
+    threads = [threading.Thread(target=c.run, daemon=True) for c in consumers]
+    for t in threads:
+        t.start()
+    ch = clickhouse_client(settings)
+    deadline = time.monotonic() + 180
+    try:
+        while ch.command("SELECT count() FROM page_views_raw") < valid:
+            assert time.monotonic() < deadline, "the two consumers did not store every view"
+            for t in threads:
+                assert t.is_alive()
+            time.sleep(0.2)
+        time.sleep(0.5)  # anything extra (a duplicate) would show up now
+    finally:
+        for c in consumers:
+            c.stop()
+        for t in threads:
+            t.join(20)
+    assert not any(t.is_alive() for t in threads)
     assert_matches_truth(settings, truth)

@@ -16,6 +16,7 @@ Exactly once, through crashes:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -64,6 +65,68 @@ RAW_COLUMNS = [
 ERROR_COLUMNS = ["error_time", "raw_message", "error_reason", "kafka_offset", "kafka_partition"]
 
 
+class PageViewWriters:
+    """The writer threads of a page-view handler: Redis claims, ClickHouse inserts, intent
+    records, one thread each.
+
+    The consumers of the pipeline in one process (``--consumers N``, threads of ``serve``)
+    share one set (:func:`shared_writers`): the same store work then runs on the same three
+    threads as with one consumer. With a set per consumer, two consumers ran six writer
+    threads and two chDB inserts at a time beside two decoding threads on the one GIL:
+    more voluntary context switches per event in every interleaved pair (median 41 against
+    33 per 1,000; CPU per event within the noise, docs/design.md, "Several consumers per
+    pipeline"), for no parallelism two cores had left. A handler's tasks keep their order
+    on each thread (FIFO), which is all its batches rely on; a consumer's batch may wait
+    behind another consumer's, never on it (inserts wait on intents and claims, which wait
+    on nothing).
+
+    Shared sets are counted: the last handler to close one ends its threads, so consumers
+    that stopped (or a pipeline restarted after a crash) leave none behind."""
+
+    def __init__(self, key: tuple[str, str, str | None] | None = None) -> None:
+        self.key = key  # where shared_writers() keeps it; None: one handler's own
+        self.users = 0
+        self.claimer = ThreadPoolExecutor(1, thread_name_prefix="pageviews-claims")
+        self.inserter = ThreadPoolExecutor(1, thread_name_prefix="pageviews-insert")
+        # The intent record (a small insert of its own, ~4 ms) runs beside the claims of
+        # its batch instead of queueing behind the previous batch's inserts.
+        self.recorder = ThreadPoolExecutor(1, thread_name_prefix="pageviews-intent")
+
+    def release(self) -> None:
+        """A handler is done with these threads: end them once no handler uses them (after
+        their queued work)."""
+        if self.key is not None:
+            with _shared_lock:
+                self.users -= 1
+                if self.users > 0:
+                    return
+                if _shared.get(self.key) is self:
+                    del _shared[self.key]
+        for pool in (self.recorder, self.claimer, self.inserter):
+            pool.shutdown(wait=True)
+
+
+_shared: dict[tuple[str, str, str | None], PageViewWriters] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_writers(settings: Settings) -> PageViewWriters:
+    """The writer threads every page-view handler of this process shares with the others
+    writing to the same stores (created by the first)."""
+    key = (settings.clickhouse_url, settings.clickhouse_database, settings.redis_url)
+    with _shared_lock:
+        writers = _shared.get(key)
+        if writers is None:
+            writers = _shared[key] = PageViewWriters(key)
+        writers.users += 1
+        return writers
+
+
+def pipeline_handler(settings: Settings, _options: object = None) -> PageViewHandler:
+    """The pipeline's handler, on the process's shared writer threads."""
+    return PageViewHandler(settings, writers=shared_writers(settings))
+
+
 class PageViewHandler:
     """Validate, claim identities in Redis, insert into ClickHouse, as a pipeline.
 
@@ -79,23 +142,30 @@ class PageViewHandler:
 
     PIECE = 2000
 
-    def __init__(self, settings: Settings, dedup_ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        dedup_ttl_s: int = 7 * 24 * 3600,
+        writers: PageViewWriters | None = None,
+    ) -> None:
         self.settings = settings
         self.claims = DayBucketClaims(settings, "pv:claims:", dedup_ttl_s)
-        self._claimer = ThreadPoolExecutor(1, thread_name_prefix="pageviews-claims")
-        self._inserter = ThreadPoolExecutor(1, thread_name_prefix="pageviews-insert")
-        # The intent record (a small insert of its own, ~4 ms) runs beside the claims of
-        # its batch instead of queueing behind the previous batch's inserts.
-        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="pageviews-intent")
+        writers = writers or PageViewWriters()
+        self._writers: PageViewWriters | None = writers
+        self._claimer = writers.claimer
+        self._inserter = writers.inserter
+        self._recorder = writers.recorder
 
     def handle(self, batch: Batch) -> list[DeadLetter]:
         return self.submit(batch).result()
 
     def close(self) -> None:
         """End the worker threads once their queued work is done (the consumer framework
-        calls it when the consumer stops or dies: a rebuilt handler has threads of its own)."""
-        for pool in (self._recorder, self._claimer, self._inserter):
-            pool.shutdown(wait=True)
+        calls it when the consumer stops or dies: a rebuilt handler has threads of its own).
+        Shared writer threads (:func:`shared_writers`) end with the last handler using them."""
+        writers, self._writers = self._writers, None
+        if writers is not None:
+            writers.release()
 
     def submit(
         self, batch: Batch, before_write: Callable[[Batch], None] | None = None
@@ -251,7 +321,7 @@ PIPELINES = [
         name="pageviews",
         topics=[TopicSpec(PAGEVIEWS_TOPIC, 4)],
         store="clickhouse",
-        build_handler=lambda settings, _opts: PageViewHandler(settings),
+        build_handler=pipeline_handler,
         build_intent_log=lambda settings: ClickHouseIntentLog(settings),
         default_options=_default_options(),
         health_check=stores_healthy,
