@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
+import msgspec
 import orjson
 from confluent_kafka import Message
 from prometheus_client import Counter
@@ -29,7 +30,9 @@ from clickflow.domains.pageviews.config import pageviews_config
 from clickflow.domains.pageviews.events import (
     PAGEVIEWS_TOPIC,
     InvalidEvent,
+    check_page_view,
     decode_page_view,
+    decode_page_views,
     event_identity,
 )
 from clickflow.exactly_once.claims import DayBucketClaims
@@ -141,25 +144,36 @@ class PageViewHandler:
         error rows. ``owner`` is "topic/partition/": a claim line is "identity owner\\n",
         the record's identity claimed by its own Kafka coordinates."""
         rows: list[tuple[int, str, bytes]] = []
-        # The hot loop of the pipeline (~4 us per record): names bound locally.
-        decode, identity_of, dumps = decode_page_view, event_identity, orjson.dumps
-        stamp = Message.timestamp
+        if not messages:
+            return rows
+        # msgspec's part for all records in a few calls (most of them valid), then the hot
+        # loop of the pipeline (~2.5 us per record), names bound locally. The accessors of
+        # confluent_kafka's Message are mapped in C rather than called from the loop.
+        values = [raw or b"" for raw in map(Message.value, messages)]
+        offsets = list(map(Message.offset, messages))
+        stamps = list(map(Message.timestamp, messages))
+        events = decode_page_views(values)
+        decode, check, identity_of = decode_page_view, check_page_view, event_identity
+        dumps = _ROW_ENCODER.encode
         keep = rows.append
-        partition = messages[0].partition() if messages else 0
-        for m in messages:
-            raw = m.value() or b""
+        partition = messages[0].partition()
+        for i, ev in enumerate(events):
+            raw = values[i]
             # Verdicts such as "in the future" are taken against the time the record reached
             # Kafka, not the time it is processed: a replay reaches the same verdict.
-            kafka_ms = stamp(m)[1]
+            kafka_ms = stamps[i][1]
             try:
-                ev, ts = decode(raw, kafka_ms * 0.001 if kafka_ms > 0 else now)
+                if ev is None:  # decoded alone, where a bad record gets its reason
+                    ev, ts = decode(raw, kafka_ms * 0.001 if kafka_ms > 0 else now)
+                else:
+                    ts = check(ev, kafka_ms * 0.001 if kafka_ms > 0 else now)
             except InvalidEvent as e:
                 reason = str(e)
-                letters.append(DeadLetter(m, reason))
-                errors.append(_error_row(raw, reason, m, now))
+                letters.append(DeadLetter(messages[i], reason))
+                errors.append(_error_row(raw, reason, messages[i], now))
                 continue
             identity = identity_of(raw)
-            offset = m.offset()
+            offset = offsets[i]
             row = dumps(
                 [  # RAW_COLUMNS, in order (JSONCompactEachRow)
                     ts,
@@ -211,6 +225,13 @@ class PageViewHandler:
                 fmt="JSONEachRow",
                 rollups=False,
             )
+
+
+# The rows' JSON. orjson writes each output into a fresh buffer of a kilobyte or more, and
+# the rows a piece keeps made glibc grow and trim its heap over and over: about one page
+# fault per row (~3 us of the consumer's thread on a 2-core AMD EPYC VM, 2026-12-02, where
+# msgspec's encoder, writing the same bytes, took ~0.5 us).
+_ROW_ENCODER = msgspec.json.Encoder()
 
 
 def _nothing(_batch: Batch) -> None:
