@@ -67,6 +67,7 @@ SEAMS = [
     [HEAD + b',"x":{"a":1}', b'{"b":2}}', good() + b"\n," + good()],
     [HEAD + b',"x":"}', b'{"}', good() + b"," + good()],
     [good() + b"," + good(), HEAD],
+    [good() + b"\n," + good(), good()],
     [good() + b"]", b"[" + good()],
 ]
 
