@@ -11,7 +11,6 @@ import hashlib
 import re
 import socket
 from datetime import datetime
-from itertools import repeat
 from typing import Annotated
 
 import msgspec
@@ -28,7 +27,7 @@ MAX_FUTURE_S = 3600  # timestamps more than an hour ahead are a broken clock
 # The field rules live in the type, so msgspec checks them in C while decoding (a regex
 # pattern would cost more than the rest of the decode: blank ids are checked after it).
 # gc=False: an event holds only strings, numbers and a datetime, so it can never be part of
-# a reference cycle, and the cyclic collector need not track the events a batch holds.
+# a reference cycle, and the cyclic collector need not track it.
 class PageViewEvent(Struct, forbid_unknown_fields=False, gc=False):
     page_id: Annotated[str, Meta(min_length=1, max_length=512)]
     user_id: Annotated[str, Meta(min_length=1, max_length=256)]
@@ -64,12 +63,6 @@ def decode_page_view(raw: bytes, now: float) -> tuple[PageViewEvent, float]:
         raise InvalidEvent(_schema_reason(str(e))) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidEvent(f"malformed JSON: {e}") from None
-    return ev, check_page_view(ev, now)
-
-
-def check_page_view(ev: PageViewEvent, now: float) -> float:
-    """The checks msgspec cannot make, on a decoded event: its time as a Unix timestamp, or
-    InvalidEvent (see :func:`decode_page_view`)."""
     if ev.page_id.isspace():
         raise InvalidEvent("page_id: empty")
     if ev.user_id.isspace():
@@ -86,66 +79,7 @@ def check_page_view(ev: PageViewEvent, now: float) -> float:
         if len(_VALID_IPS) >= 100_000:
             _VALID_IPS.clear()
         _VALID_IPS.add(ip)
-    return ts
-
-
-# Decoding many records in one msgspec call (``decode_page_views``). The values are joined
-# into one JSON array, each separator a newline and a comma. The joined decode is trusted
-# only when it cannot have read across a record's edges:
-#
-# * every value starts with "{" and ends with "}";
-# * no value holds "[" anywhere (PageViewEvent has no list field, so only an ignored unknown
-#   field could open an array);
-# * the decode succeeds and gives one event per value.
-#
-# Then every separator sits between two elements of the outer array: a raw newline inside a
-# string is invalid JSON, so no separator is inside a string; the "}" before it closes an
-# object, whose parent is the outer array (no other array exists) or an object, and inside
-# an object a "," must be followed by a key, never by "{". With one element per value, no
-# value holds a "," between elements either: each element is exactly one value, and an
-# element decodes as PageViewEvent exactly when its value alone does.
-_SEP = b"\n,"
-_OPEN, _CLOSE, _BRACKET = repeat(b"{"), repeat(b"}"), repeat(b"[")
-_many = msgspec.json.Decoder(list[PageViewEvent])
-#: Records per joined decode: a record that fails it sends only its group to the one-by-one
-#: decode (which finds the bad ones and their reasons). A group's bytes (~45 kB) stay below
-#: glibc's trim threshold, so its buffer is reused, not faulted in again each time.
-GROUP = 128
-
-
-def decode_page_views(raws: list[bytes]) -> list[PageViewEvent | None]:
-    """Decode many records at once, msgspec's part of :func:`decode_page_view` only: the
-    event of each record, or None where the record must be decoded alone (it may be invalid,
-    or its group could not be decoded jointly). An event given here is exactly what
-    ``decode_page_view`` would decode from its record; :func:`check_page_view` still applies."""
-    out: list[PageViewEvent | None] = []
-    for start in range(0, len(raws), GROUP):
-        out += _decode_group(raws[start : start + GROUP])
-    return out
-
-
-def _decode_group(raws: list[bytes]) -> list[PageViewEvent | None]:
-    n = len(raws)
-    if any(map(bytes.__contains__, raws, _BRACKET)):
-        # Those without one are decoded jointly, the others one by one.
-        plain = [i for i, raw in enumerate(raws) if b"[" not in raw]
-        out: list[PageViewEvent | None] = [None] * n
-        if plain:
-            for i, ev in zip(plain, _decode_group([raws[i] for i in plain]), strict=True):
-                out[i] = ev
-        return out
-    if not (all(map(bytes.startswith, raws, _OPEN)) and all(map(bytes.endswith, raws, _CLOSE))):
-        return [None] * n
-    parts = list(raws)  # one join, brackets included: no second copy of the group
-    parts[0] = b"[" + parts[0]
-    parts[-1] += b"]"
-    try:
-        events = _many.decode(_SEP.join(parts))
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # and ValidationError
-        return [None] * n
-    if len(events) != n:
-        return [None] * n
-    return events
+    return ev, ts
 
 
 # Addresses already checked: a visitor sends many views from one address, and a set lookup
