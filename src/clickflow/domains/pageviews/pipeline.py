@@ -202,11 +202,10 @@ class PageViewHandler:
         errors: list[bytes],
     ) -> None:
         intent.result()  # raises if the intent was not recorded: write nothing
-        good = list(chain.from_iterable(piece.result() for piece in claimed))
         client = clickhouse_client(self.settings)
-        if good:
-            insert_chunk(client, "page_views_raw", b"\n".join(good), token, columns=RAW_COLUMNS)
-            STORED.inc(len(good))
+        # The chunk's error rows first: once a record of the chunk is queryable, so are the
+        # dead letters of the records before it (what a reader waiting for a later record
+        # expects; the other way round they could still be missing).
         if errors:
             insert_chunk(
                 client,
@@ -217,6 +216,10 @@ class PageViewHandler:
                 fmt="JSONEachRow",
                 rollups=False,
             )
+        good = list(chain.from_iterable(piece.result() for piece in claimed))
+        if good:
+            insert_chunk(client, "page_views_raw", b"\n".join(good), token, columns=RAW_COLUMNS)
+            STORED.inc(len(good))
 
 
 # The rows' JSON: msgspec's encoder writes the same bytes as orjson.dumps (compared on
