@@ -145,6 +145,61 @@ def test_hybrid_trigger_takes_whichever_comes_first(settings: Settings, topic: s
     assert sorted(sink.rows) == list(range(1005))
 
 
+def test_sparse_trigger_waits_for_more_while_traffic_is_thin(
+    settings: Settings, topic: str
+) -> None:
+    """A trickle (10 records a second, under ``sparse_records`` a second) is cut every
+    ``sparse_seconds``, not every ``max_seconds``: each batch costs the store a fixed price."""
+    trigger = BatchTrigger(
+        max_records=1000, max_seconds=0.3, sparse_records=100, sparse_seconds=2.0
+    )
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, trigger)
+    t = threading.Thread(target=consumer.run, daemon=True)
+    t.start()
+    try:
+        assert consumer.ready.wait(120), "no partitions assigned"
+        p = EventProducer(producer_config(settings, **{"linger.ms": 1}))
+        for i in range(40):  # 4 s of a trickle
+            p.send(topic, records(1, start=i)[0], key=str(i).encode())
+            p.flush(5)
+            time.sleep(0.1)
+        deadline = time.monotonic() + 60
+        while len(sink.rows) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        consumer.stop()
+        t.join(timeout=60)
+    assert sorted(sink.rows) == list(range(40))
+    # Every 0.3 s would be ~14 batches; every 2 s is 2 to 4 (a slow machine: fewer).
+    assert len(sink.batches) <= 5, sink.batches
+
+
+def test_sparse_trigger_cuts_a_stream_at_max_seconds(settings: Settings, topic: str) -> None:
+    """At ``sparse_records`` or more, a batch is cut by ``max_seconds`` as without the rule."""
+    trigger = BatchTrigger(
+        max_records=10_000, max_seconds=0.5, sparse_records=100, sparse_seconds=600.0
+    )
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, trigger)
+    produce(settings, topic, records(150))
+    run_until(consumer, lambda: len(sink.rows) >= 150, timeout=120)
+    assert sorted(sink.rows) == list(range(150))
+
+
+def test_sparse_trigger_settings() -> None:
+    trigger = BatchTrigger(max_records=None, max_seconds=1.0, sparse_records=10, sparse_seconds=3)
+    assert trigger.seconds_for(0) == 3 and trigger.seconds_for(9) == 3
+    assert trigger.seconds_for(10) == 1.0
+    assert BatchTrigger(max_seconds=1.0).seconds_for(0) == 1.0
+    with pytest.raises(ValueError):
+        BatchTrigger(max_seconds=2.0, sparse_records=10, sparse_seconds=1.0)
+    with pytest.raises(ValueError):
+        BatchTrigger(max_records=10, max_seconds=None, sparse_records=10, sparse_seconds=1.0)
+    with pytest.raises(ValueError):
+        BatchTrigger(max_seconds=1.0, sparse_records=0, sparse_seconds=3.0)
+
+
 def test_handler_failure_then_recovery_loses_and_duplicates_nothing(
     settings: Settings, topic: str
 ) -> None:

@@ -297,7 +297,7 @@ class BatchConsumer:
 
     def _loop(self, consumer: Consumer) -> None:
         max_records = self.trigger.max_records
-        max_seconds = self.trigger.max_seconds
+        seconds_for = self.trigger.seconds_for
         cap_records = self.trigger.record_cap
         cap_bytes = self.trigger.max_buffer_bytes
         last_flush = time.monotonic()
@@ -307,9 +307,10 @@ class BatchConsumer:
             if idle:
                 self.progress_at = time.monotonic()
             timeout = IDLE_WAIT_S if idle else 0.1
+            held = len(self._buffer) + len(self._held)
+            max_seconds = seconds_for(held)
             if max_seconds is not None:
                 timeout = max(0.0, min(timeout, last_flush + max_seconds - time.monotonic()))
-            held = len(self._buffer) + len(self._held)
             room = (cap_bytes - self._buffer_bytes) // self._record_bytes + 1
             want = max(1, min(self.fetch_size, cap_records - held, room))
             if max_records is not None:
@@ -323,11 +324,10 @@ class BatchConsumer:
             while self._in_flight and self._in_flight[0].future.done():
                 self._complete_oldest(consumer)
             now = time.monotonic()
+            held = len(self._buffer) + len(self._held)
+            max_seconds = seconds_for(held)
             # The memory bound holds in every mode: the buffer is handed over when full.
-            full = (
-                len(self._buffer) + len(self._held) >= cap_records
-                or self._buffer_bytes >= cap_bytes
-            )
+            full = held >= cap_records or self._buffer_bytes >= cap_bytes
             due = (
                 full
                 or (max_records is not None and len(self._buffer) >= max_records)
