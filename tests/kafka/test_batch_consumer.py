@@ -175,6 +175,31 @@ def test_sparse_trigger_waits_for_more_while_traffic_is_thin(
     assert len(sink.batches) <= 5, sink.batches
 
 
+def test_sparse_trigger_cuts_a_lone_record_after_a_quiet_spell_at_max_seconds(
+    settings: Settings, topic: str
+) -> None:
+    """A record that comes after ``sparse_seconds`` of nothing is not kept waiting for
+    company: it is cut ``max_seconds`` after it came, not at the next sparse deadline."""
+    trigger = BatchTrigger(max_records=1000, max_seconds=0.3, sparse_records=100, sparse_seconds=6)
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, trigger)
+    t = threading.Thread(target=consumer.run, daemon=True)
+    t.start()
+    try:
+        assert consumer.ready.wait(120), "no partitions assigned"
+        time.sleep(6.5)  # a quiet spell longer than sparse_seconds
+        sent = time.monotonic()
+        produce(settings, topic, records(1))
+        while not sink.rows and time.monotonic() - sent < 30:
+            time.sleep(0.02)
+        took = time.monotonic() - sent
+    finally:
+        consumer.stop()
+        t.join(timeout=60)
+    assert sink.rows == [0]
+    assert took < 3.0, f"a lone record waited {took:.1f} s"
+
+
 def test_sparse_trigger_cuts_a_stream_at_max_seconds(settings: Settings, topic: str) -> None:
     """At ``sparse_records`` or more, a batch is cut by ``max_seconds`` as without the rule."""
     trigger = BatchTrigger(

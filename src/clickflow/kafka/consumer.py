@@ -297,9 +297,18 @@ class BatchConsumer:
 
     def _loop(self, consumer: Consumer) -> None:
         max_records = self.trigger.max_records
-        seconds_for = self.trigger.seconds_for
         cap_records = self.trigger.record_cap
         cap_bytes = self.trigger.max_buffer_bytes
+        # Sparse traffic (BatchTrigger.sparse_seconds): a batch waits for more records, except
+        # the one a record opens after a longer quiet spell (nothing held for sparse_seconds):
+        # that lone record is cut after max_seconds, as without the rule.
+        sparse_gap = self.trigger.sparse_seconds
+        empty_since: float | None = time.monotonic()  # when the consumer last held nothing
+        after_gap = False
+
+        def seconds_for(held: int) -> float | None:
+            return self.trigger.max_seconds if after_gap else self.trigger.seconds_for(held)
+
         last_flush = time.monotonic()
         new_since_flush = 0
         while not self._stop.is_set():
@@ -321,6 +330,10 @@ class BatchConsumer:
             if msgs:
                 added = self._accept(msgs)
                 new_since_flush += added
+                if added and empty_since is not None:
+                    quiet = time.monotonic() - empty_since
+                    after_gap = sparse_gap is not None and quiet >= sparse_gap
+                    empty_since = None
             while self._in_flight and self._in_flight[0].future.done():
                 self._complete_oldest(consumer)
             now = time.monotonic()
@@ -340,6 +353,9 @@ class BatchConsumer:
                     self._finish_in_flight(consumer)
                 new_since_flush = 0
                 last_flush = time.monotonic()
+                after_gap = False
+            if empty_since is None and not (self._buffer or self._held):
+                empty_since = time.monotonic()
         # Shutdown: finish what is buffered if the sink takes it; otherwise it stays uncommitted
         # and is re-delivered after restart.
         if self._buffer or self._held:
