@@ -145,6 +145,164 @@ def test_hybrid_trigger_takes_whichever_comes_first(settings: Settings, topic: s
     assert sorted(sink.rows) == list(range(1005))
 
 
+def test_sparse_trigger_waits_for_more_while_traffic_is_thin(
+    settings: Settings, topic: str
+) -> None:
+    """A trickle (10 records a second, under ``sparse_records`` a second) is cut every
+    ``sparse_seconds``, not every ``max_seconds``: each batch costs the store a fixed price."""
+    trigger = BatchTrigger(
+        max_records=1000, max_seconds=0.3, sparse_records=100, sparse_seconds=2.0
+    )
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, trigger)
+    t = threading.Thread(target=consumer.run, daemon=True)
+    t.start()
+    try:
+        assert consumer.ready.wait(120), "no partitions assigned"
+        p = EventProducer(producer_config(settings, **{"linger.ms": 1}))
+        for i in range(40):  # 4 s of a trickle
+            p.send(topic, records(1, start=i)[0], key=str(i).encode())
+            p.flush(5)
+            time.sleep(0.1)
+        deadline = time.monotonic() + 60
+        while len(sink.rows) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        consumer.stop()
+        t.join(timeout=60)
+    assert sorted(sink.rows) == list(range(40))
+    # Every 0.3 s would be ~14 batches; every 2 s is 2 to 4 (a slow machine: fewer).
+    assert len(sink.batches) <= 5, sink.batches
+
+
+def test_sparse_trigger_cuts_a_lone_record_after_a_quiet_spell_at_max_seconds(
+    settings: Settings, topic: str
+) -> None:
+    """A record that comes after ``sparse_seconds`` of nothing is not kept waiting for
+    company: it is cut ``max_seconds`` after it came, not at the next sparse deadline."""
+    trigger = BatchTrigger(max_records=1000, max_seconds=0.3, sparse_records=100, sparse_seconds=6)
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, trigger)
+    t = threading.Thread(target=consumer.run, daemon=True)
+    t.start()
+    try:
+        assert consumer.ready.wait(120), "no partitions assigned"
+        time.sleep(6.5)  # a quiet spell longer than sparse_seconds
+        sent = time.monotonic()
+        produce(settings, topic, records(1))
+        while not sink.rows and time.monotonic() - sent < 30:
+            time.sleep(0.02)
+        took = time.monotonic() - sent
+    finally:
+        consumer.stop()
+        t.join(timeout=60)
+    assert sink.rows == [0]
+    assert took < 3.0, f"a lone record waited {took:.1f} s"
+
+
+def test_an_idle_consumer_sleeps_through_its_batch_timer(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holding nothing, the loop wakes every IDLE_WAIT_S (2 s), not at every expiry of a
+    0.3 s batch timer; a record that comes is still cut by the timer."""
+    from clickflow.kafka import consumer as consumer_module
+
+    calls: list[float] = []
+
+    class CountingConsumer(Consumer):  # type: ignore[misc]
+        def consume(self, *args: object, **kwargs: object) -> list:
+            calls.append(time.monotonic())
+            return super().consume(*args, **kwargs)
+
+    monkeypatch.setattr(consumer_module, "Consumer", CountingConsumer)
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=100, max_seconds=0.3))
+    t = threading.Thread(target=consumer.run, daemon=True)
+    t.start()
+    try:
+        assert consumer.ready.wait(120), "no partitions assigned"
+        time.sleep(1.0)
+        start = time.monotonic()
+        time.sleep(6.0)
+        idle_calls = [c for c in calls if start <= c < start + 6.0]
+        produce(settings, topic, records(3))
+        deadline = time.monotonic() + 30
+        while len(sink.rows) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        consumer.stop()
+        t.join(timeout=60)
+    assert sorted(sink.rows) == [0, 1, 2]
+    # Waking at every 0.3 s expiry would be ~20 calls in 6 s; every 2 s is 3 or 4.
+    assert len(idle_calls) <= 5, len(idle_calls)
+
+
+def test_a_consumer_holding_records_does_not_spin_before_its_timer(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """consume() takes whole milliseconds: the wait up to the batch timer is rounded up, not
+    down to 0 ms for the timer's last fraction of a millisecond (a spin at every batch)."""
+    from clickflow.kafka import consumer as consumer_module
+
+    calls: list[float] = []
+
+    class CountingConsumer(Consumer):  # type: ignore[misc]
+        def consume(self, *args: object, **kwargs: object) -> list:
+            calls.append(time.monotonic())
+            return super().consume(*args, **kwargs)
+
+    monkeypatch.setattr(consumer_module, "Consumer", CountingConsumer)
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, BatchTrigger(max_records=1000, max_seconds=0.3))
+    t = threading.Thread(target=consumer.run, daemon=True)
+    t.start()
+    try:
+        assert consumer.ready.wait(120), "no partitions assigned"
+        p = EventProducer(producer_config(settings, **{"linger.ms": 1}))
+        start = time.monotonic()
+        for i in range(40):  # a record every 0.1 s: never idle for long, a batch every 0.3 s
+            p.send(topic, records(1, start=i)[0], key=str(i).encode())
+            p.flush(5)
+            time.sleep(0.1)
+        end = time.monotonic()
+        deadline = end + 30
+        while len(sink.rows) < 40 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        consumer.stop()
+        t.join(timeout=60)
+    assert sorted(sink.rows) == list(range(40))
+    busy = [c for c in calls if start <= c < end]
+    seconds = end - start
+    # ~10 waits of 0.1 s a second plus one per batch; a spin adds ~100 per batch.
+    assert len(busy) < 40 * seconds, (len(busy), seconds)
+
+
+def test_sparse_trigger_cuts_a_stream_at_max_seconds(settings: Settings, topic: str) -> None:
+    """At ``sparse_records`` or more, a batch is cut by ``max_seconds`` as without the rule."""
+    trigger = BatchTrigger(
+        max_records=10_000, max_seconds=0.5, sparse_records=100, sparse_seconds=600.0
+    )
+    sink = MemorySink()
+    consumer = make_consumer(settings, topic, sink, trigger)
+    produce(settings, topic, records(150))
+    run_until(consumer, lambda: len(sink.rows) >= 150, timeout=120)
+    assert sorted(sink.rows) == list(range(150))
+
+
+def test_sparse_trigger_settings() -> None:
+    trigger = BatchTrigger(max_records=None, max_seconds=1.0, sparse_records=10, sparse_seconds=3)
+    assert trigger.seconds_for(0) == 3 and trigger.seconds_for(9) == 3
+    assert trigger.seconds_for(10) == 1.0
+    assert BatchTrigger(max_seconds=1.0).seconds_for(0) == 1.0
+    with pytest.raises(ValueError):
+        BatchTrigger(max_seconds=2.0, sparse_records=10, sparse_seconds=1.0)
+    with pytest.raises(ValueError):
+        BatchTrigger(max_records=10, max_seconds=None, sparse_records=10, sparse_seconds=1.0)
+    with pytest.raises(ValueError):
+        BatchTrigger(max_seconds=1.0, sparse_records=0, sparse_seconds=3.0)
+
+
 def test_handler_failure_then_recovery_loses_and_duplicates_nothing(
     settings: Settings, topic: str
 ) -> None:

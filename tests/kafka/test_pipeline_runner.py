@@ -209,3 +209,52 @@ def test_restarts_leave_no_threads_of_old_consumers(
     left = [t.name for t in set(threading.enumerate()) - python_before if t.is_alive()]
     assert left == [], f"threads left running after stop: {left}"
     assert native_threads("rdk:") <= rdk_before, "librdkafka threads left after stop"
+
+
+def test_pipeline_consumers_wait_longer_on_the_broker_and_still_answer_a_lone_record(
+    settings: Settings, topic: str
+) -> None:
+    """Pipeline consumers let the broker hold an empty fetch for a second (half the broker's
+    re-reads of an idle stack); a record sent to an idle pipeline still arrives at the next
+    re-read, at most half a second later."""
+    from clickflow.kafka.topics import TopicSpec
+    from clickflow.pipelines import (
+        PIPELINE_FETCH_WAIT_MS,
+        PipelineOptions,
+        PipelineSpec,
+        build_consumer,
+    )
+
+    sink = MemorySink()
+    spec = PipelineSpec(
+        name=f"lone-{topic}",
+        topics=[TopicSpec(topic, 4)],
+        store="clickhouse",
+        build_handler=lambda _settings, _opts: sink,
+    )
+    options = PipelineOptions(
+        trigger=BatchTrigger(max_records=100, max_seconds=0.2), delivery=Delivery.AT_LEAST_ONCE
+    )
+    consumer = build_consumer(settings, spec, options)
+    assert consumer.consumer_conf["fetch.wait.max.ms"] == PIPELINE_FETCH_WAIT_MS == 1000
+    consumer.handler = sink  # the records themselves, not a traced wrapper
+    t = threading.Thread(target=consumer.run, daemon=True)
+    t.start()
+    try:
+        assert consumer.ready.wait(120), "no partitions assigned"
+        time.sleep(3)  # idle: every fetch is held by the broker
+        took = []
+        for i in range(3):
+            sent = time.monotonic()
+            produce(settings, topic, records(1, start=i))
+            while len(sink.rows) <= i and time.monotonic() - sent < 30:
+                time.sleep(0.01)
+            took.append(time.monotonic() - sent)
+            time.sleep(1.3)
+    finally:
+        consumer.stop()
+        t.join(timeout=60)
+    assert sorted(sink.rows) == [0, 1, 2]
+    # At most 0.5 s on the broker and 0.2 s in the batch; a loaded machine adds some (a
+    # consumer that slept through a 5 s broker wait would still fail this).
+    assert max(took) < 4.0, took

@@ -47,7 +47,9 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         # the first read that finds records: a record waits at most half this. 50 ms made an
         # idle stack's consumers cost the embedded broker 11% of a core; 500 ms ~1.4% (28
         # partitions). 1 s would halve that, but a consumer whose first fetch goes out before
-        # all its partitions are ready then holds the others back for the whole second.
+        # all its partitions are ready then holds the others back for the whole second: the
+        # long-running pipeline consumers take 1 s (pipelines.PIPELINE_FETCH_WAIT_MS), short
+        # readers (tools, tests) keep this.
         "fetch.wait.max.ms": 500,
         "queued.min.messages": 100000,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,

@@ -6,6 +6,7 @@ some clients (Quix Streams) need retention.ms from it: always pass configs at cr
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
@@ -72,10 +73,22 @@ def ensure_topics(
                 raise KafkaUnavailable(f"cannot create topic {name}: {e}") from e
 
 
+#: An admin client per bootstrap that answered: a health probe (`serve`'s /healthz every
+#: 10 s) asks it for metadata instead of building a client (threads, connection, ApiVersions)
+#: each time. A client that failed is dropped, so a bad address leaves nothing retrying.
+_reachable_clients: dict[str, AdminClient] = {}
+_reachable_lock = threading.Lock()
+
+
 def kafka_reachable(bootstrap: str, timeout: float = 2.0) -> bool:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    with _reachable_lock:
+        admin = _reachable_clients.pop(bootstrap, None)
+    if admin is None:
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
         admin.list_topics(timeout=timeout)
-        return True
     except KafkaException:
         return False
+    with _reachable_lock:
+        _reachable_clients.setdefault(bootstrap, admin)
+    return True

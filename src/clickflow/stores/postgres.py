@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from clickflow.config import Settings
@@ -28,12 +31,37 @@ def postgres_pool(settings: Settings, min_size: int = 1, max_size: int = 8) -> C
     return pool
 
 
-def ping(settings: Settings) -> str:
-    import psycopg
+#: One connection per URL for :func:`ping`: a health probe every few seconds opened a new
+#: one each time, i.e. a PostgreSQL backend forked, authenticated and torn down per probe.
+_ping_conns: dict[str, psycopg.Connection] = {}
+_ping_lock = threading.Lock()
 
+
+def ping(settings: Settings) -> str:
+    """Answers "ok" when PostgreSQL answers ``SELECT 1``. The connection is kept for the next
+    ping; a kept one that fails (the server restarted, or closed it while idle) is replaced
+    by a new one before the answer is an error."""
     try:
-        with psycopg.connect(postgres_url(settings), connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-        return "ok"
-    except Exception as e:
+        url = postgres_url(settings)
+    except RuntimeError as e:
         return f"error: {type(e).__name__}: {str(e)[:200]}"
+    with _ping_lock:
+        kept = _ping_conns.pop(url, None)
+        if kept is not None:
+            try:
+                kept.execute("SELECT 1")
+                _ping_conns[url] = kept
+                return "ok"
+            except Exception:
+                kept.close()
+        try:
+            conn = psycopg.connect(url, connect_timeout=3, autocommit=True)
+        except Exception as e:
+            return f"error: {type(e).__name__}: {str(e)[:200]}"
+        try:
+            conn.execute("SELECT 1")
+        except Exception as e:
+            conn.close()
+            return f"error: {type(e).__name__}: {str(e)[:200]}"
+        _ping_conns[url] = conn
+        return "ok"

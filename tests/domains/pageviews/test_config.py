@@ -10,11 +10,15 @@ from clickflow.kafka.batch import BatchTrigger, Delivery
 
 
 def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TOPIC", "BATCH_MODE", "BATCH_RECORDS", "BATCH_SECONDS", "DELIVERY"):
+    names = ("TOPIC", "BATCH_MODE", "BATCH_RECORDS", "BATCH_SECONDS", "DELIVERY")
+    for name in (*names, "SPARSE_RECORDS", "SPARSE_SECONDS"):
         monkeypatch.delenv(f"CLICKFLOW_PAGEVIEWS_{name}", raising=False)
     config = PageViewsConfig()
     assert config.topic == "page_views" and config.delivery is Delivery.EXACTLY_ONCE
-    assert config.trigger() == BatchTrigger(max_records=100_000, max_seconds=1.0)
+    # Under 200 views a second a batch waits up to 3 s for more (sparse traffic).
+    assert config.trigger() == BatchTrigger(
+        max_records=100_000, max_seconds=1.0, sparse_records=200, sparse_seconds=3.0
+    )
 
 
 def test_environment_sets_the_trigger_and_delivery(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -123,7 +123,9 @@ def test_pairs_in_any_order_across_batches_restarts_and_duplicates(
 def test_operation_mode_is_chosen_by_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     from clickflow.domains.ugc.config import UgcConfig
 
-    assert UgcConfig().trigger() == BatchTrigger(max_records=50_000, max_seconds=1.0)
+    assert UgcConfig().trigger() == BatchTrigger(
+        max_records=50_000, max_seconds=1.0, sparse_records=200, sparse_seconds=3.0
+    )
     monkeypatch.setenv("CLICKFLOW_UGC_SCHEDULE_SECONDS", "30")
     assert UgcConfig().trigger() == BatchTrigger(max_records=None, max_seconds=30.0)
 

@@ -5,6 +5,7 @@ Kept in the domain (not in the global Settings) because only this domain reads t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from typing import Literal
 
@@ -29,10 +30,23 @@ class PageViewsConfig(BaseSettings):
     #: worth of traffic a batch is still cut by time (freshness at low rates unchanged).
     batch_records: int = Field(default=100_000, ge=1)
     batch_seconds: float = Field(default=1.0, gt=0)
+    #: hybrid mode, sparse traffic: a batch of fewer than ``sparse_records`` records waits
+    #: for more up to ``sparse_seconds`` after the last one (``BatchTrigger``): the demo's
+    #: few dozen views a second are inserted every 3 s instead of every second. From
+    #: ``sparse_records`` a second up, batches are cut every ``batch_seconds`` as before.
+    sparse_records: int = Field(default=200, ge=1)
+    sparse_seconds: float | None = Field(default=3.0, gt=0)
     delivery: Delivery = Delivery.EXACTLY_ONCE
 
     def trigger(self) -> BatchTrigger:
-        return BatchTrigger.from_mode(self.batch_mode, self.batch_records, self.batch_seconds)
+        trigger = BatchTrigger.from_mode(self.batch_mode, self.batch_records, self.batch_seconds)
+        if self.batch_mode != "hybrid" or not self.sparse_seconds:
+            return trigger
+        if self.sparse_seconds <= self.batch_seconds:
+            return trigger
+        return replace(
+            trigger, sparse_records=self.sparse_records, sparse_seconds=self.sparse_seconds
+        )
 
 
 @lru_cache(maxsize=1)

@@ -32,6 +32,11 @@ class UgcConfig(BaseSettings):
     schedule_seconds: float | None = Field(default=None, gt=0)
     batch_records: int = Field(default=50_000, ge=1)  # big batches: fewer, larger inserts
     batch_seconds: float = Field(default=1.0, gt=0)
+    # Continuous mode, sparse traffic: a batch of fewer than sparse_records records waits for
+    # more up to sparse_seconds after the last one (BatchTrigger): each batch costs up to six
+    # inserts per partition whatever its size.
+    sparse_records: int = Field(default=200, ge=1)
+    sparse_seconds: float | None = Field(default=3.0, gt=0)
     # A chunk's tables (up to six) are inserted by this many threads side by side, each with
     # its own ClickHouse client (chDB releases the GIL); 1 = one after the other.
     insert_threads: int = Field(default=3, ge=1, le=6)
@@ -64,6 +69,13 @@ class UgcConfig(BaseSettings):
     def trigger(self) -> BatchTrigger:
         if self.schedule_seconds:
             return BatchTrigger(max_records=None, max_seconds=self.schedule_seconds)
+        if self.sparse_seconds and self.sparse_seconds > self.batch_seconds:
+            return BatchTrigger(
+                max_records=self.batch_records,
+                max_seconds=self.batch_seconds,
+                sparse_records=self.sparse_records,
+                sparse_seconds=self.sparse_seconds,
+            )
         return BatchTrigger(max_records=self.batch_records, max_seconds=self.batch_seconds)
 
     @property
