@@ -17,7 +17,7 @@ from clickflow.kafka.dlq import DeadLetter
 from clickflow.pipelines import PipelineRunner
 
 from .test_batch_consumer import MemoryIntentLog, MemorySink, make_consumer, produce, records
-from .test_handler_close import native_threads
+from .test_handler_close import CLIENT_THREAD, native_threads
 
 
 class FailingIntentLog(MemoryIntentLog):
@@ -191,7 +191,7 @@ def test_restarts_leave_no_threads_of_old_consumers(
         return consumer
 
     python_before = set(threading.enumerate())
-    rdk_before = native_threads("rdk:")
+    rdk_before = native_threads(CLIENT_THREAD)
     runner = PipelineRunner(f"test-{topic}", build, backoff_initial=0.05, backoff_max=0.2)
     one_handler = len(_threads("pageviews-"))  # the first consumer's, built by the runner
     assert one_handler > 0
@@ -208,7 +208,7 @@ def test_restarts_leave_no_threads_of_old_consumers(
     assert not runner.thread.is_alive()
     left = [t.name for t in set(threading.enumerate()) - python_before if t.is_alive()]
     assert left == [], f"threads left running after stop: {left}"
-    assert native_threads("rdk:") <= rdk_before, "librdkafka threads left after stop"
+    assert native_threads(CLIENT_THREAD) <= rdk_before, "librdkafka clients left after stop"
 
 
 def test_pipeline_consumers_wait_longer_on_the_broker_and_still_answer_a_lone_record(
