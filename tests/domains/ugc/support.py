@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import orjson
 from confluent_kafka import Consumer, TopicPartition
@@ -251,3 +252,30 @@ def run_pipeline(
     assert not t.is_alive(), "consumer did not stop"
     assert until(), "the pipeline did not get there before the timeout"
     return consumer
+
+
+@dataclass
+class Msg:
+    """What the UGC handler reads of a Kafka message; by default it reached Kafka a minute
+    after ``BASE_TS``."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _value: bytes
+    _kafka_ts: int = BASE_TS + 60_000
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._kafka_ts)  # TIMESTAMP_CREATE_TIME

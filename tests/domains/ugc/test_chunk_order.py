@@ -5,7 +5,6 @@ after the other. Real Redis and chDB; the chunks are cut by hand, as a replay cu
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import pytest
 
@@ -15,34 +14,9 @@ from clickflow.kafka.batch import Batch, Chunk
 from clickflow.migrations import migrate_clickhouse
 from clickflow.stores.clickhouse import clickhouse_client
 
-from .support import BASE_TS, half, page_views, record, ugc_config
+from .support import BASE_TS, Msg, half, page_views, record, ugc_config
 
 CLICK = {"element_type": "trailer", "page_type": "movie"}
-
-
-@dataclass
-class Msg:
-    """What the handler reads of a Kafka message."""
-
-    _topic: str
-    _partition: int
-    _offset: int
-    _value: bytes
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, BASE_TS + 60_000)  # TIMESTAMP_CREATE_TIME: reached Kafka a minute later
 
 
 def chunk(topic: str, partition: int, first: int, values: list[bytes]) -> Chunk:

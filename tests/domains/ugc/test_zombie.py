@@ -7,7 +7,6 @@ chDB; the chunks are cut by hand, as the intent log replays them."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import pytest
 
@@ -16,37 +15,11 @@ from clickflow.domains.ugc.pipeline import UgcHandler
 from clickflow.kafka.batch import Batch, Chunk
 from clickflow.migrations import migrate_clickhouse
 
-from .support import BASE_TS, half, page_views, record, ugc_config
+from .support import BASE_TS, Msg, half, page_views, record, ugc_config
 
 CLICK = {"element_type": "trailer", "page_type": "movie"}
 WAIT_S = 3600
 H = 3_600_000
-
-
-@dataclass
-class Msg:
-    """What the handler reads of a Kafka message, with its own Kafka timestamp."""
-
-    _topic: str
-    _partition: int
-    _offset: int
-    _value: bytes
-    _kafka_ts: int
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._kafka_ts)  # TIMESTAMP_CREATE_TIME
 
 
 def chunk(topic: str, first: int, values: list[tuple[bytes, int]]) -> Chunk:
